@@ -1,0 +1,9 @@
+"""maskssl-fairseq: masked self-supervised speech and audio models as a fairseq user dir.
+
+``fairseq-hydra-train ... common.user_dir=maskssl_fairseq`` imports this package, which registers every
+task, model and criterion below. Each subpackage imports all of its modules, so a new component only
+needs a new file.
+"""
+
+from . import masking  # noqa: F401  (fairseq-free, imported first so models can use it)
+from . import checkpoints, modules, tasks, models, criterions  # noqa: F401

@@ -1,0 +1,295 @@
+"""Fairseq audio manifests: read a LibriSpeech-style corpus, write manifest sets, validate them.
+
+A manifest set, in fairseq's convention, for a split ``<name>``:
+
+- ``<name>.tsv``: the absolute audio root on the first line, then ``relative/path<TAB>num_samples`` per utterance;
+- ``<name>.wrd``: the words of each utterance, one line each, same order;
+- ``<name>.ltr``: the same as upper-case letters separated by spaces, ``|`` after each word
+  (``H E L L O | W O R L D |``);
+- ``dict.ltr.txt``: the letters in fairseq's ``Dictionary`` format, ``<symbol> <count>``, most frequent first.
+
+No fairseq import here (fairseq takes seconds to import): the command-line tools in ``manifests/`` load this file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile
+
+AUDIO_SUFFIX = ".flac"
+TRANSCRIPT_SUFFIX = ".trans.txt"
+WORD_BOUNDARY = "|"
+LETTER_DICTIONARY = "dict.ltr.txt"
+# Opening files dominates on cluster file systems, and libsndfile releases the GIL: threads overlap the opens.
+# Chunks keep the thread pool's per-task overhead small next to a local open (about 0.1 ms).
+IO_THREADS = 8
+IO_CHUNK = 256
+
+
+class ManifestError(Exception):
+    """Bad input or refused output; the message names the file (and line) of each problem, one per line."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    path: str  # relative to the split's audio root, with "/" separators
+    num_samples: int
+    words: str | None  # None in an unlabeled split
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    root: Path  # absolute audio root, the first line of the tsv
+    utterances: list[Utterance]
+    labeled: bool = True
+
+
+def letters(words: str) -> str:
+    """``"HELLO WORLD"`` -> ``"H E L L O | W O R L D |"``: fairseq's letter targets."""
+    return " ".join(f"{' '.join(word)} {WORD_BOUNDARY}" for word in words.split())
+
+
+def read_split(name: str, root: Path, subdirs: tuple[str, ...] = (".",), labeled: bool = True) -> Split:
+    """Every ``*.flac`` under ``root/<subdir>`` (LibriSpeech layout), with its words from the ``*.trans.txt`` files.
+
+    Raises ``ManifestError`` listing every audio file without a transcript line and every transcript line
+    without an audio file (when ``labeled``), and every empty, truncated or unreadable audio file.
+    """
+    root = root.resolve()
+    problems: list[str] = []
+    audio: list[Path] = []
+    for subdir in subdirs:
+        directory = root / subdir
+        found = sorted(directory.rglob("*" + AUDIO_SUFFIX)) if directory.is_dir() else []
+        if not found:
+            problems.append(f"{directory}: no {AUDIO_SUFFIX} files (or no such directory)")
+        audio += found
+    words = _read_transcripts(root, subdirs, set(audio), problems) if labeled else {}
+    if labeled:
+        for path in audio:
+            if path not in words:
+                expected = path.parent / f"{'-'.join(path.stem.split('-')[:2])}{TRANSCRIPT_SUFFIX}"
+                problems.append(f"{path}: no transcript (expected a line starting '{path.stem} ' in {expected})")
+    found = _map_files(_inspect_audio, audio)
+    problems += [f"{path}: {what}" for path, what in zip(audio, found, strict=True) if isinstance(what, str)]
+    if problems:
+        raise ManifestError("\n".join(problems))
+    utterances = [
+        Utterance(path.relative_to(root).as_posix(), frames, words.get(path))
+        for path, (_, _, frames) in zip(audio, found, strict=True)
+    ]
+    return Split(name, root, sorted(utterances, key=lambda u: u.path), labeled)
+
+
+def read_splits(requests: list[dict]) -> list[Split]:
+    """``read_split(**request)`` for each request; one ``ManifestError`` lists the problems of all of them."""
+    splits, problems = [], []
+    for request in requests:
+        try:
+            splits.append(read_split(**request))
+        except ManifestError as error:
+            problems += str(error).splitlines()
+    if problems:
+        raise ManifestError("\n".join(dict.fromkeys(problems)))  # nested splits share folders: report once
+    return splits
+
+
+def _read_transcripts(root: Path, subdirs: tuple[str, ...], audio: set[Path], problems: list[str]) -> dict[Path, str]:
+    """Upper-case words keyed by audio path, from every transcript file under ``root/<subdir>``."""
+    words: dict[Path, str] = {}
+    for subdir in subdirs:
+        for transcript in sorted((root / subdir).rglob("*" + TRANSCRIPT_SUFFIX)):
+            lines = transcript.read_text(encoding="utf-8").splitlines()
+            for number, line in enumerate(lines, 1):
+                utterance_id, *text = line.split(maxsplit=1) or [""]
+                path = transcript.parent / (utterance_id + AUDIO_SUFFIX)
+                where = f"{transcript}:{number}:"
+                if not utterance_id:
+                    problems.append(f"{where} empty line")
+                elif not text:
+                    problems.append(f"{where} no words after the utterance id {utterance_id!r}")
+                elif path not in audio:
+                    problems.append(f"{where} transcript of {utterance_id!r}, but there is no audio file {path}")
+                elif path in words:
+                    problems.append(f"{where} second transcript of {utterance_id!r}")
+                else:
+                    words[path] = " ".join(text[0].upper().split())
+    return words
+
+
+def _map_files(function, paths: list[Path]) -> list:
+    """``[function(path) for path in paths]``, on several threads."""
+
+    def apply(chunk):
+        return [function(path) for path in chunk]
+
+    chunks = [paths[start : start + IO_CHUNK] for start in range(0, len(paths), IO_CHUNK)]
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        return [result for results in pool.map(apply, chunks) for result in results]
+
+
+def output_paths(out: Path, names: list[str], labeled: list[str]) -> list[Path]:
+    """The files that ``write_manifests`` writes for these splits."""
+    paths = [
+        out / f"{name}.{kind}" for name in names for kind in (("tsv", "wrd", "ltr") if name in labeled else ("tsv",))
+    ]
+    return paths + ([out / LETTER_DICTIONARY] if labeled else [])
+
+
+def refuse_overwrite(paths: list[Path], force: bool) -> None:
+    existing = [path for path in paths if path.exists()]
+    if existing and not force:
+        raise ManifestError("\n".join(f"{path}: exists; pass --force to overwrite it" for path in existing))
+
+
+def write_manifests(out: Path, splits: list[Split], force: bool = False) -> list[Path]:
+    """Writes ``<split>.tsv`` (and ``.wrd``, ``.ltr`` for labeled splits) and ``dict.ltr.txt``, all or nothing.
+
+    The letter dictionary counts each distinct utterance once, so that nested splits (LibriLight's 10 min
+    inside 1 h inside 10 h) do not count theirs several times.
+    """
+    texts: dict[Path, str] = {}
+    letter_lines: dict[Path, str] = {}
+    for split in splits:
+        texts[out / f"{split.name}.tsv"] = "".join(
+            [f"{split.root}\n"] + [f"{u.path}\t{u.num_samples}\n" for u in split.utterances]
+        )
+        if split.labeled:
+            ltr = [letters(u.words) for u in split.utterances]
+            texts[out / f"{split.name}.wrd"] = "".join(f"{u.words}\n" for u in split.utterances)
+            texts[out / f"{split.name}.ltr"] = "".join(f"{line}\n" for line in ltr)
+            letter_lines.update((split.root / u.path, line) for u, line in zip(split.utterances, ltr, strict=True))
+    if letter_lines:
+        counts = Counter(symbol for line in letter_lines.values() for symbol in line.split())
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        texts[out / LETTER_DICTIONARY] = "".join(f"{symbol} {count}\n" for symbol, count in ranked)
+    refuse_overwrite(list(texts), force)
+    _write_all(out, texts)
+    return list(texts)
+
+
+def _write_all(out: Path, texts: dict[Path, str]) -> None:
+    """Writes every file to a temporary name first and renames them only once all are written."""
+    out.mkdir(parents=True, exist_ok=True)
+    staged: dict[Path, Path] = {}
+    try:
+        for path, text in texts.items():
+            staged[path] = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            staged[path].write_text(text, encoding="utf-8")
+        for path, temporary in staged.items():
+            temporary.replace(path)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+
+
+def read_dictionary(path: Path, problems: list[str]) -> set[str]:
+    """The symbols of a fairseq ``Dictionary`` file (``<symbol> <count>[ #fairseq:overwrite]`` per line)."""
+    symbols = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        symbol, _, count = line.removesuffix(" #fairseq:overwrite").rstrip().rpartition(" ")
+        if not symbol or not count.isdigit():
+            problems.append(f"{path}:{number}: expected '<symbol> <count>', got {line!r}")
+        else:
+            symbols.add(symbol)
+    return symbols
+
+
+def validate_manifest(
+    tsv: Path, labels: str | None = None, dictionary: Path | None = None, sample_rate: int = 16000
+) -> tuple[list[str], str]:
+    """Checks a manifest (and its ``<name>.<labels>`` file) as fairseq's audio datasets will read it.
+
+    Returns every problem as ``<file>:<line>: <what is wrong>``, and a one-line summary.
+    """
+    numbered: list[tuple[int, str]] = []  # (line, what is wrong) in the tsv
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    root = Path(lines[0].strip()) if lines else None
+    if root is None or not root.is_dir():
+        numbered.append((1, f"the first line must be an existing audio root directory, got {lines[:1]}"))
+    rows: list[tuple[int, str, int]] = []
+    for number, line in enumerate(lines[1:], 2):
+        fields = line.strip().split("\t")  # as fairseq's FileAudioDataset reads it
+        if len(fields) != 2 or not fields[0] or not (fields[1].isascii() and fields[1].isdigit()):
+            numbered.append((number, f"expected 'relative/path<TAB>num_samples', got {line!r}"))
+        elif int(fields[1]) == 0:
+            numbered.append((number, "the stated number of samples is 0"))
+        else:
+            rows.append((number, fields[0], int(fields[1])))
+    if root is not None and root.is_dir():
+        found = _map_files(_inspect_audio, [root / path for _, path, _ in rows])
+        for (number, path, stated), audio in zip(rows, found, strict=True):
+            numbered += [(number, f"{root / path}: {what}") for what in _audio_problems(audio, stated, sample_rate)]
+    problems = [f"{tsv}:{number}: {what}" for number, what in sorted(numbered, key=lambda item: item[0])]
+    utterances = len(lines) - 1
+    summary = f"{tsv}: {utterances} utterances, {sum(s for _, _, s in rows) / sample_rate / 3600:.2f} hours"
+    if labels:
+        dictionary = dictionary or tsv.parent / f"dict.{labels}.txt"
+        problems += _label_problems(tsv.with_suffix(f".{labels}"), utterances, dictionary)
+        summary += f", {labels} labels checked against {dictionary}"
+    return problems, summary
+
+
+def _inspect_audio(path: Path) -> tuple[int, int, int] | str:
+    """``(channels, sample_rate, frames)``, or what is wrong; decodes the last sample to catch truncated files."""
+    if not path.is_file():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        audio = soundfile.SoundFile(str(path))
+    except RuntimeError as error:  # soundfile.LibsndfileError
+        return f"unreadable audio ({error})"
+    with audio:
+        if audio.frames == 0:
+            return "empty audio (0 samples)"
+        try:
+            audio.seek(audio.frames - 1)
+            decoded = len(audio.read(1))
+        except RuntimeError as error:
+            decoded = error
+        if decoded != 1:
+            return f"truncated or corrupt audio: cannot decode sample {audio.frames} of {audio.frames} ({decoded})"
+        return audio.channels, audio.samplerate, audio.frames
+
+
+def _audio_problems(audio: tuple[int, int, int] | str, stated: int, sample_rate: int) -> list[str]:
+    if isinstance(audio, str):
+        return [audio]
+    channels, rate, frames = audio
+    problems = []
+    if channels != 1:
+        problems.append(f"{channels} channels, expected mono")
+    if rate != sample_rate:
+        problems.append(f"sample rate {rate} Hz, expected {sample_rate} Hz")
+    if frames != stated:
+        problems.append(f"has {frames} samples, the manifest says {stated}")
+    return problems
+
+
+def _label_problems(label_file: Path, utterances: int, dictionary: Path) -> list[str]:
+    problems: list[str] = []
+    for path in (label_file, dictionary):
+        if not path.is_file():
+            problems.append(f"{path}: no such file")
+    if problems:
+        return problems
+    symbols = read_dictionary(dictionary, problems)
+    lines = label_file.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        unknown = sorted(set(line.split()) - symbols)
+        if not line.strip():
+            problems.append(f"{label_file}:{number}: empty label")
+        elif unknown:
+            problems.append(f"{label_file}:{number}: symbols not in {dictionary}: {' '.join(unknown)}")
+    if len(lines) != utterances:  # after the per-line problems, at the line where the files part
+        problems.append(
+            f"{label_file}:{min(len(lines), utterances) + 1}: {len(lines)} label lines for {utterances} utterances"
+        )
+    return problems

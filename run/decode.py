@@ -1,0 +1,164 @@
+"""Decode a manifest with a CTC fine-tuned fairseq checkpoint and score it (WER and CER).
+
+    python run/decode.py --checkpoint outputs/finetune/checkpoints/checkpoint_best.pt --manifest demo/manifests/test.tsv
+    python run/decode.py ... --lexicon lexicon.txt [--lm 4-gram.arpa|.bin --lm-weight 2 --word-score -1]
+
+Greedy CTC by default; with ``--lexicon`` a lexicon-constrained beam search (torchaudio's ``ctc_decoder``,
+flashlight-text), scored by a KenLM model when ``--lm`` is given. The references are the manifest's ``.wrd``
+file (or its ``.ltr`` file turned into words). Writes ``hyp.wrd``, ``ref.wrd`` and ``wer.json`` into ``--out``
+(default: ``decode_<manifest name>`` next to the checkpoint) and prints WER and CER.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Set, Tuple
+
+import editdistance
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from maskssl_fairseq.checkpoints import load_finetuned  # noqa: E402
+
+
+def letters_to_words(letters: List[str]) -> str:
+    """fairseq's ``letter`` post-processing: ``H I | T H E R E |`` -> ``HI THERE``."""
+    return " ".join("".join(letters).replace("|", " ").split())
+
+
+def greedy(emissions: torch.Tensor, lengths: torch.Tensor, symbols: List[str], dropped: Set[int]) -> List[str]:
+    """Best path: argmax per frame, merge repeats, drop blank and special symbols. ``emissions [B, T, V]``."""
+    hyps = []
+    for best, length in zip(emissions.argmax(dim=-1), lengths):
+        ids = torch.unique_consecutive(best[:length]).tolist()
+        hyps.append(letters_to_words([symbols[i] for i in ids if i not in dropped]))
+    return hyps
+
+
+def error_rate(hyps: List[str], refs: List[str], unit) -> float:
+    errors = sum(editdistance.eval(unit(h), unit(r)) for h, r in zip(hyps, refs))
+    return 100.0 * errors / max(1, sum(len(unit(r)) for r in refs))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="CTC fine-tuned checkpoint (wav2vec_ctc)")
+    parser.add_argument("--manifest", type=Path, required=True, help="<dir>/<name>.tsv; labels from <name>.wrd/.ltr")
+    parser.add_argument("--out", type=Path, help="output directory (default: decode_<name> next to the checkpoint)")
+    parser.add_argument("--lexicon", type=Path, help="letter lexicon (`word<TAB>w o r d |`): lexicon beam search")
+    parser.add_argument("--lm", type=Path, help="KenLM model (.arpa or .bin), used with --lexicon")
+    parser.add_argument("--beam-size", type=int, default=50)
+    parser.add_argument("--lm-weight", type=float, default=2.0)
+    parser.add_argument("--word-score", type=float, default=-1.0)
+    parser.add_argument("--batch-seconds", type=float, default=60.0, help="audio per forward batch")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    args = parser.parse_args(argv)
+    if args.lm and not args.lexicon:
+        parser.error("--lm needs --lexicon (the beam search spells words from the lexicon)")
+
+    out = args.out or args.checkpoint.parent / f"decode_{args.manifest.stem}"
+    if out.exists() and any(out.iterdir()) and not args.force:
+        parser.error(f"{out} exists; pass --force to overwrite it or --out to write elsewhere")
+
+    entries = read_manifest(args.manifest)
+    refs = reference_words(args.manifest, len(entries))
+    model, dictionary, normalize, sample_rate = load_finetuned(args.checkpoint, args.manifest.parent, args.device)
+    symbols = list(dictionary.symbols)
+    blank = dictionary.bos()  # fairseq's CTC uses <s> as the blank
+    dropped = {blank, dictionary.pad(), dictionary.eos()}  # as fairseq's ctc criterion scores WER
+
+    beam = None
+    if args.lexicon:
+        from torchaudio.models.decoder import ctc_decoder
+
+        beam = ctc_decoder(
+            lexicon=str(args.lexicon), tokens=symbols, lm=str(args.lm) if args.lm else None,
+            beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score,
+            blank_token=symbols[blank], sil_token="|", unk_word="<unk>",
+        )
+
+    hyps = [None] * len(entries)
+    order = sorted(range(len(entries)), key=lambda i: entries[i][1])
+    started = time.time()
+    batch: List[int] = []
+    for position, index in enumerate(order):
+        batch.append(index)
+        full = sum(entries[i][1] for i in batch) >= args.batch_seconds * sample_rate
+        if full or position == len(order) - 1:
+            emissions, lengths = forward(model, [entries[i][0] for i in batch], normalize, sample_rate, args.device)
+            if beam is None:
+                texts = greedy(emissions, lengths, symbols, dropped)
+            else:
+                results = beam(emissions.float().cpu().contiguous(), lengths.cpu().int())
+                texts = [" ".join(r[0].words).upper() if r else "" for r in results]
+            for i, text in zip(batch, texts):
+                hyps[i] = text
+            batch = []
+            print(f"[decode] {position + 1}/{len(order)} utterances", end="\r", flush=True)
+    print()
+
+    wer = error_rate(hyps, refs, str.split)
+    cer = error_rate(hyps, refs, lambda s: list(s.replace(" ", "")))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hyp.wrd").write_text("".join(h + "\n" for h in hyps))
+    (out / "ref.wrd").write_text("".join(r + "\n" for r in refs))
+    summary = {
+        "manifest": str(args.manifest), "checkpoint": str(args.checkpoint), "utterances": len(hyps),
+        "decoder": "lexicon+kenlm" if args.lm else "lexicon" if args.lexicon else "greedy",
+        "wer": round(wer, 2), "cer": round(cer, 2), "seconds": round(time.time() - started, 1),
+    }
+    (out / "wer.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[decode] {summary['decoder']} on {args.manifest.name}: WER {wer:.2f}%  CER {cer:.2f}%  "
+          f"({len(hyps)} utterances)")
+    print(f"[decode] hypotheses: {out / 'hyp.wrd'}  references: {out / 'ref.wrd'}")
+
+
+def read_manifest(tsv: Path) -> List[Tuple[Path, int]]:
+    """``(audio path, num_samples)`` per utterance of a fairseq manifest."""
+    lines = tsv.read_text().splitlines()
+    root = Path(lines[0].strip())
+    return [(root / path, int(samples)) for path, samples in (line.strip().split("\t") for line in lines[1:])]
+
+
+def reference_words(manifest: Path, count: int) -> List[str]:
+    wrd, ltr = manifest.with_suffix(".wrd"), manifest.with_suffix(".ltr")
+    if wrd.exists():
+        refs = [" ".join(line.split()) for line in wrd.read_text().splitlines()]
+    elif ltr.exists():
+        refs = [letters_to_words(line.split()) for line in ltr.read_text().splitlines()]
+    else:
+        sys.exit(f"{manifest}: no {wrd.name} or {ltr.name} next to it to score against")
+    if len(refs) != count:
+        sys.exit(f"{wrd if wrd.exists() else ltr}: {len(refs)} lines for {count} utterances in {manifest}")
+    return refs
+
+
+@torch.inference_mode()
+def forward(model, paths: List[Path], normalize: bool, sample_rate: int, device: str):
+    """CTC log-probabilities ``[B, T, V]`` and valid frame counts ``[B]`` for a batch of files."""
+    waves = []
+    for path in paths:
+        audio, rate = sf.read(path, dtype="float32")
+        if rate != sample_rate:
+            sys.exit(f"{path}: sample rate {rate}, the model expects {sample_rate}")
+        wave = torch.from_numpy(audio)
+        waves.append(F.layer_norm(wave, wave.shape) if normalize else wave)
+    lengths = torch.tensor([len(w) for w in waves])
+    source = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True).to(device)
+    padding_mask = torch.arange(source.shape[1], device=device)[None, :] >= lengths.to(device)[:, None]
+    net_output = model(source=source, padding_mask=padding_mask)
+    log_probs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1)  # [B, T, V]
+    if net_output["padding_mask"] is not None:
+        frames = (~net_output["padding_mask"]).sum(dim=1)
+    else:
+        frames = torch.full((len(paths),), log_probs.shape[1], device=log_probs.device)
+    return log_probs.float(), frames
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Shared fixtures: a small spoken corpus made once per test session with the real demo-corpus tool."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, run_checked
+
+DEMO_MINUTES = {  # small enough for a fast suite, large enough for a few real batches
+    "--pretrain-minutes": 2.0,
+    "--train-10m-minutes": 1.0,
+    "--train-1h-minutes": 1.5,
+    "--dev-minutes": 0.5,
+    "--test-minutes": 0.5,
+}
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """Manifest directory of real espeak-ng speech: pretrain, train_10m, train_1h, dev and test, with labels."""
+    out = tmp_path_factory.mktemp("demo")
+    sizes = [str(x) for item in DEMO_MINUTES.items() for x in item]
+    run_checked([sys.executable, REPO / "manifests" / "demo_corpus.py", "--out", out, "--seed", "7", *sizes])
+    return out / "manifests"

@@ -1,0 +1,103 @@
+"""CTC fine-tuning through fairseq-hydra-train with the plugin loaded, resuming, and decoding to a WER."""
+
+import json
+import math
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, fairseq_hydra_train, logged, run_checked, series
+
+FAST = ["dataset.max_tokens=120000", "dataset.validate_interval_updates=1000", "checkpoint.save_interval_updates=2"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo_corpus, tmp_path_factory) -> Path:
+    """A tiny fairseq wav2vec 2.0 checkpoint after two updates (the fine-tuning path only needs its shape)."""
+    run_dir = tmp_path_factory.mktemp("w2v")
+    fairseq_hydra_train(
+        REPO / "examples" / "wav2vec2", "tiny", f"task.data={demo_corpus}", "optimization.max_update=2", *FAST,
+        run_dir=run_dir,
+    )
+    return run_dir / "checkpoints" / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="module")
+def finetuned(demo_corpus, pretrained, tmp_path_factory):
+    """Fine-tunes 4 updates, then resumes the same run to 6 (the checkpoint holds a fairseq Dictionary)."""
+    run_dir = tmp_path_factory.mktemp("ft")
+    args = (REPO / "examples" / "finetune", "tiny", f"task.data={demo_corpus}", f"model.w2v_path={pretrained}",
+            "model.freeze_finetune_updates=2", "dataset.validate_interval_updates=4", *FAST[:1], *FAST[2:])
+    first = fairseq_hydra_train(*args, "optimization.max_update=4", run_dir=run_dir)
+    resumed = fairseq_hydra_train(*args, "optimization.max_update=6", run_dir=run_dir)
+    return run_dir / "checkpoints", first, resumed
+
+
+def test_finetuning_logs_ctc_loss_and_validation_wer(finetuned):
+    _, first, _ = finetuned
+    losses = series(first, "loss")
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    valid = logged(first, "dev")
+    assert valid and 0 <= float(valid[-1]["dev_wer"]) <= 1000
+
+
+def test_finetuning_resumes_from_its_last_checkpoint(finetuned):
+    _, _, resumed = finetuned
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", resumed)
+    assert [int(r["num_updates"]) for r in logged(resumed)] == [5, 6]
+
+
+def test_greedy_decoding_writes_hypotheses_and_wer(finetuned, demo_corpus, tmp_path):
+    checkpoints, _, _ = finetuned
+    out = tmp_path / "decode"
+    cmd = [sys.executable, REPO / "run" / "decode.py", "--checkpoint", checkpoints / "checkpoint_last.pt",
+           "--manifest", demo_corpus / "test.tsv", "--out", out]
+    printed = run_checked(cmd)
+    assert re.search(r"greedy on test\.tsv: WER \d+\.\d+%  CER \d+\.\d+%", printed)
+    utterances = len((demo_corpus / "test.tsv").read_text().splitlines()) - 1
+    assert len((out / "hyp.wrd").read_text().splitlines()) == utterances
+    assert (out / "ref.wrd").read_text() == (demo_corpus / "test.wrd").read_text()
+    result = json.loads((out / "wer.json").read_text())
+    assert result["decoder"] == "greedy" and result["utterances"] == utterances and result["wer"] >= 0
+
+    # an existing output is never replaced without --force
+    with pytest.raises(AssertionError, match="pass --force"):
+        run_checked(cmd)
+
+
+def write_bigram_arpa(sentences, path: Path) -> None:
+    """A maximum-likelihood bigram model with a fixed back-off weight: a real ARPA file for KenLM."""
+    unigrams, bigrams = Counter(), Counter()
+    for sentence in sentences:
+        tokens = ["<s>", *sentence.split(), "</s>"]
+        unigrams.update(tokens[1:])
+        bigrams.update(zip(tokens, tokens[1:]))
+    total = sum(unigrams.values())
+    contexts = Counter()
+    for (first, _), count in bigrams.items():
+        contexts[first] += count
+    one = [f"{math.log10(n / total):.4f}\t{w}\t-0.3010" for w, n in sorted(unigrams.items())]
+    one += ["-99\t<s>\t-0.3010", "-6\t<unk>"]
+    two = [f"{math.log10(n / contexts[a]):.4f}\t{a} {b}" for (a, b), n in sorted(bigrams.items())]
+    path.write_text(f"\\data\\\nngram 1={len(one)}\nngram 2={len(two)}\n\n\\1-grams:\n" + "\n".join(one)
+                    + "\n\n\\2-grams:\n" + "\n".join(two) + "\n\n\\end\\\n")
+
+
+def test_lexicon_and_kenlm_beam_search(finetuned, demo_corpus, tmp_path):
+    checkpoints, _, _ = finetuned
+    word_files = [demo_corpus / f"{split}.wrd" for split in ("train_1h", "test")]
+    lexicon, lm = tmp_path / "lexicon.txt", tmp_path / "lm.arpa"
+    run_checked([sys.executable, REPO / "manifests" / "lexicon.py", "--words", *word_files, "--out", lexicon])
+    assert "HELLO" not in lexicon.read_text() and "\t" in lexicon.read_text().splitlines()[0]
+    write_bigram_arpa((demo_corpus / "train_1h.wrd").read_text().splitlines(), lm)
+    out = tmp_path / "decode"
+    printed = run_checked([sys.executable, REPO / "run" / "decode.py", "--checkpoint",
+                           checkpoints / "checkpoint_last.pt", "--manifest", demo_corpus / "test.tsv",
+                           "--lexicon", lexicon, "--lm", lm, "--beam-size", "8", "--out", out])
+    assert "lexicon+kenlm on test.tsv: WER" in printed
+    vocabulary = {line.split("\t")[0] for line in lexicon.read_text().splitlines()}
+    hypotheses = (out / "hyp.wrd").read_text().split()
+    assert set(hypotheses) <= vocabulary  # the beam search only spells lexicon words
