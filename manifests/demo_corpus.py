@@ -23,8 +23,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from maskssl_fairseq.data.demo_text import SentenceGenerator  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_text import SentenceGenerator  # noqa: E402
 
 SAMPLE_RATE = 16000
 SPLITS = ("pretrain", "train_10m", "train_1h", "dev", "test")
