@@ -23,3 +23,11 @@ def _load():
 
 
 manifests = _load()
+
+
+def run_tool(main) -> None:
+    """Runs a manifest-writing tool's ``main``; bad input ends it with the problems and no manifest written."""
+    try:
+        main()
+    except manifests.ManifestError as error:
+        sys.exit(f"{error}\n{Path(sys.argv[0]).name}: no manifests written")

@@ -7,10 +7,9 @@ layout. train_10m is fold 0 of 1h, train_1h all six folds, train_10h is 1h plus 
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from _shared import manifests
+from _shared import manifests, run_tool
 
 SPLITS = {
     "train_10m": ("1h/0",),
@@ -30,19 +29,10 @@ def parse_args(argv=None):
 def main(argv=None) -> list[Path]:
     """Runs the tool (also from Python, with ``manifests/`` on ``sys.path``); raises ``ManifestError`` on bad input."""
     args = parse_args(argv)
-    manifests.refuse_overwrite(manifests.output_paths(args.out, list(SPLITS), list(SPLITS)), args.force)
-    splits = manifests.read_splits(
-        [dict(name=name, root=args.root, subdirs=subdirs) for name, subdirs in SPLITS.items()]
-    )
-    written = manifests.write_manifests(args.out, splits, args.force)
-    for split in splits:
-        print(f"{split.name}: {len(split.utterances)} utterances")
-    print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
+    requests = [dict(name=name, root=args.root, subdirs=subdirs) for name, subdirs in SPLITS.items()]
+    written = manifests.write_split_manifests(args.out, requests, args.force)
     return written
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except manifests.ManifestError as error:
-        sys.exit(f"{error}\nlibrilight.py: no manifests written")
+    run_tool(main)

@@ -9,10 +9,9 @@ splits of one call, so list every split in one call.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from _shared import manifests
+from _shared import manifests, run_tool
 
 
 def parse_args(argv=None):
@@ -42,18 +41,10 @@ def main(argv=None) -> list[Path]:
     unlabeled = [name for name in args.unlabeled.split(",") if name]
     if unknown := sorted(set(unlabeled) - set(specs)):
         raise manifests.ManifestError(f"--unlabeled names splits that --splits lacks: {','.join(unknown)}")
-    labeled = [name for name in specs if name not in unlabeled]
-    manifests.refuse_overwrite(manifests.output_paths(args.out, list(specs), labeled), args.force)
-    splits = manifests.read_splits([split_request(spec, args.root, name in labeled) for name, spec in specs.items()])
-    written = manifests.write_manifests(args.out, splits, args.force)
-    for split in splits:
-        print(f"{split.name}: {len(split.utterances)} utterances")
-    print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
+    requests = [split_request(spec, args.root, name not in unlabeled) for name, spec in specs.items()]
+    written = manifests.write_split_manifests(args.out, requests, args.force)
     return written
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except manifests.ManifestError as error:
-        sys.exit(f"{error}\nlibrispeech.py: no manifests written")
+    run_tool(main)

@@ -174,6 +174,22 @@ def write_manifests(out: Path, splits: list[Split], force: bool = False) -> list
     return list(texts)
 
 
+def write_split_manifests(out: Path, requests: list[dict], force: bool = False) -> list[Path]:
+    """Reads the splits (``read_split`` arguments, one dict each) and writes their manifest set; reports each.
+
+    Existing outputs are refused before any audio is scanned.
+    """
+    names = [request["name"] for request in requests]
+    labeled = [request["name"] for request in requests if request.get("labeled", True)]
+    refuse_overwrite(output_paths(out, names, labeled), force)
+    splits = read_splits(requests)
+    written = write_manifests(out, splits, force)
+    for split in splits:
+        print(f"{split.name}: {len(split.utterances)} utterances")
+    print(f"wrote {', '.join(path.name for path in written)} to {out}")
+    return written
+
+
 def _write_all(out: Path, texts: dict[Path, str]) -> None:
     """Writes every file to a temporary name first and renames them only once all are written."""
     out.mkdir(parents=True, exist_ok=True)
