@@ -1,0 +1,303 @@
+"""ARMHuBERT / MaskHuBERT (Jang et al., "Recycle-and-Distill", Interspeech 2023): a 12-layer student distilled
+layer to layer from a fairseq HuBERT, with attention-map reuse and masking distillation.
+
+The student has a FitHuBERT-style convolutional front end with the teacher's total stride (320), a post-LN
+transformer whose reuse layers (``model.reuse_attention``) take the attention map of the last computing
+layer (:mod:`maskssl_fairseq.modules.reuse_attention`), and one ``Linear(D -> teacher width)`` head per layer.
+
+In training, ``forward`` draws one span mask and gives it to both networks: the student sees the masked input,
+the frozen teacher (:class:`~maskssl_fairseq.modules.hubert_teacher.HubertTeacher`) runs on the clean and on the
+masked input; the criterion ``armhubert_distillation`` regresses the heads on these targets.
+
+The teacher is loaded from ``model.teacher_path`` at the first distillation step, not when the model is built:
+fairseq builds the model the same way when a checkpoint is fine-tuned (``wav2vec_ctc``) or evaluated, and then
+no teacher file is needed. It is not a submodule, so it is never in a checkpoint, in the optimiser, in DDP's
+buckets or switched to training mode by fairseq; it follows the student's device and dtype.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+from fairseq.modules import GradMultiply, LayerNorm
+
+from ..masking import span_mask
+from ..modules.hubert_teacher import HubertTeacher
+from ..modules.reuse_attention import ReuseTransformerEncoder, check_reuse_pattern
+
+logger = logging.getLogger(__name__)
+
+TWO_BY_SIX = "[False, True] * 6"  # the paper's 2by6: layers 2, 4, ..., 12 reuse the map of the layer before
+FITHUBERT_CONV = "[(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 + [({d}, 1, 1)] + [({d}, 2, 2)] * 2"
+
+
+@dataclass
+class ArmHubertConfig(FairseqDataclass):
+    teacher_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "fairseq HuBERT checkpoint to distil (loaded at the first distillation step; "
+                          "not needed to fine-tune or evaluate the student)"},
+    )
+    teacher_embed_dim: int = field(
+        default=768, metadata={"help": "width of the teacher's layer outputs = output width of the heads"}
+    )
+    encoder_layers: int = field(default=12, metadata={"help": "student transformer layers (one per teacher layer)"})
+    encoder_embed_dim: int = field(default=480, metadata={"help": "student attention width D"})
+    encoder_ffn_embed_dim: int = field(default=864, metadata={"help": "student FFN width"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads"})
+    reuse_attention: str = field(
+        default=TWO_BY_SIX,
+        metadata={"help": "python list of one bool per layer, True = the layer has no query/key projections and "
+                          "reuses the map of the last layer that computed one (default: the paper's 2by6). The "
+                          "released code's reuse_pattern is the negation of this list"},
+    )
+    official_compat: bool = field(
+        default=False,
+        metadata={"help": "reproduce the released code's reuse: second softmax over the map and heads paired "
+                          "with the wrong sample when a batch holds several utterances"},
+    )
+    activation_fn: ChoiceEnum(["gelu", "relu", "gelu_accurate", "tanh", "linear"]) = field(
+        default="gelu", metadata={"help": "FFN activation"}
+    )
+    conv_feature_layers: str = field(
+        default=FITHUBERT_CONV.format(d=480),
+        metadata={"help": "front end as [(channels, kernel, stride), ...]; the strides must multiply to the "
+                          "teacher's (320) so that both make the same frames"},
+    )
+    extractor_mode: ChoiceEnum(["default", "layer_norm"]) = field(
+        default="default", metadata={"help": "default: one group norm in the first conv block"}
+    )
+    conv_bias: bool = field(default=False, metadata={"help": "bias in the conv front end"})
+    conv_pos: int = field(default=128, metadata={"help": "kernel of the convolutional positional embedding"})
+    conv_pos_groups: int = field(default=16, metadata={"help": "groups of the convolutional positional embedding"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the transformer"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "dropout on attention maps (computing layers)"})
+    activation_dropout: float = field(default=0.1, metadata={"help": "dropout after the FFN activation"})
+    dropout_input: float = field(default=0.05, metadata={"help": "dropout on the front-end features"})
+    encoder_layerdrop: float = field(
+        default=0.0, metadata={"help": "layerdrop (fine-tuning only; drops a computing layer with its reusers)"}
+    )
+    feature_grad_mult: float = field(
+        default=1.0, metadata={"help": "gradient scale into the conv front end; 0 freezes it"}
+    )
+    layer_grad_scale: bool = field(
+        default=False,
+        metadata={"help": "the released code's per-layer gradient scaling (on for ARMHuBERT, off for MaskHuBERT)"},
+    )
+    mask_prob: float = field(
+        default=0.8,
+        metadata={"help": "fraction of frames masked (exactly, per utterance); 0.8 for 960 h, 0.4 for 100 h"},
+    )
+    mask_length: int = field(default=10, metadata={"help": "span length of the time mask in frames"})
+    mask_channel_prob: float = field(
+        default=0.0, metadata={"help": "fraction of channels zeroed when fine-tuning with masking"}
+    )
+    mask_channel_length: int = field(default=10, metadata={"help": "span length of the channel mask"})
+
+
+def parse_config_list(text: str, name: str) -> list:
+    """A list written as a python expression, fairseq's format for ``conv_feature_layers``-like fields."""
+    try:
+        value = eval(text, {"__builtins__": {}}, {"True": True, "False": False})  # noqa: S307
+    except Exception as err:
+        raise ValueError(f"model.{name}={text!r} is not a python list expression: {err}") from None
+    if not isinstance(value, list):
+        raise ValueError(f"model.{name}={text!r} must evaluate to a list, got {type(value).__name__}")
+    return value
+
+
+def conv_output_lengths(lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
+    """Frames that the conv front end makes from ``lengths`` samples."""
+    for _, kernel, stride in conv_layers:
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths
+
+
+@register_model("armhubert", dataclass=ArmHubertConfig)
+class ArmHubertModel(BaseFairseqModel):
+    def __init__(self, cfg: ArmHubertConfig):
+        super().__init__()
+        self.cfg = cfg
+        reuse = check_reuse_pattern(parse_config_list(cfg.reuse_attention, "reuse_attention"), cfg.encoder_layers)
+        self.conv_layers = parse_config_list(cfg.conv_feature_layers, "conv_feature_layers")
+        conv_dim = self.conv_layers[-1][0]
+        self.feature_extractor = ConvFeatureExtractionModel(
+            self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
+        )
+        self.layer_norm = LayerNorm(conv_dim)
+        self.post_extract_proj = (
+            nn.Linear(conv_dim, cfg.encoder_embed_dim) if conv_dim != cfg.encoder_embed_dim else None
+        )
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.mask_emb = nn.Parameter(torch.empty(cfg.encoder_embed_dim).uniform_())
+        self.encoder = ReuseTransformerEncoder(
+            cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim, cfg.encoder_attention_heads, reuse,
+            dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+            activation_fn=cfg.activation_fn, conv_pos=cfg.conv_pos, conv_pos_groups=cfg.conv_pos_groups,
+            layerdrop=cfg.encoder_layerdrop, official_compat=cfg.official_compat, layer_grad_scale=cfg.layer_grad_scale,
+        )
+        self.heads: Optional[nn.ModuleList] = nn.ModuleList(
+            nn.Linear(cfg.encoder_embed_dim, cfg.teacher_embed_dim) for _ in range(cfg.encoder_layers)
+        )
+        self.teacher_path = cfg.teacher_path
+        object.__setattr__(self, "teacher", None)  # not a submodule: see the module docstring
+
+    @classmethod
+    def build_model(cls, cfg: ArmHubertConfig, task=None) -> "ArmHubertModel":
+        return cls(cfg)
+
+    # ----------------------------------------------------------------------------------------- teacher
+    def load_teacher(self) -> HubertTeacher:
+        """The frozen teacher, loaded on first use, on the student's device and in its parameter dtype."""
+        if self.teacher is None:
+            if not self.teacher_path:
+                raise ValueError("model.teacher_path is not set: distillation needs a fairseq HuBERT checkpoint")
+            teacher = HubertTeacher.from_checkpoint(self.teacher_path)
+            if teacher.embed_dim != self.cfg.teacher_embed_dim:
+                raise ValueError(
+                    f"model.teacher_embed_dim={self.cfg.teacher_embed_dim} but the teacher {self.teacher_path} "
+                    f"is {teacher.embed_dim} wide: set model.teacher_embed_dim={teacher.embed_dim}"
+                )
+            if teacher.num_layers != self.cfg.encoder_layers:
+                raise ValueError(
+                    f"model.encoder_layers={self.cfg.encoder_layers} but the teacher {self.teacher_path} has "
+                    f"{teacher.num_layers} layers: each student layer distils the teacher layer of the same index"
+                )
+            logger.info(f"loaded the HuBERT teacher {self.teacher_path} ({teacher.num_layers} x {teacher.embed_dim})")
+            object.__setattr__(self, "teacher", teacher)
+        reference = self.mask_emb
+        teacher_param = next(self.teacher.parameters())
+        if teacher_param.device != reference.device or teacher_param.dtype != reference.dtype:
+            self.teacher.to(device=reference.device, dtype=reference.dtype)
+        return self.teacher
+
+    # ---------------------------------------------------------------------------------------- student
+    def front_end(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Waveform ``[B, S]`` (+ sample padding) -> features ``[B, T, D]``, frame padding ``[B, T]`` or None."""
+        if self.cfg.feature_grad_mult > 0:
+            features = self.feature_extractor(source)
+            if self.cfg.feature_grad_mult != 1.0:
+                features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
+        else:
+            with torch.no_grad():
+                features = self.feature_extractor(source)
+        features = self.layer_norm(features.transpose(1, 2))
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        features = self.dropout_input(features)
+        frame_padding = None
+        if padding_mask is not None and padding_mask.any():
+            lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
+            frame_padding = torch.arange(features.size(1), device=features.device) >= lengths.unsqueeze(1)
+        return features, frame_padding
+
+    def apply_mask(
+        self,
+        features: torch.Tensor,
+        frame_padding: Optional[torch.Tensor],
+        mask_prob: float,
+        mask_channel_prob: float = 0.0,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Replaces a span mask of frames by the mask embedding (and zeroes channel spans); returns (x, mask)."""
+        batch, length, dim = features.shape
+        mask = None
+        if mask_prob > 0:
+            mask = span_mask(batch, length, mask_prob, self.cfg.mask_length, padding_mask=frame_padding,
+                             device=features.device)
+            features = torch.where(mask.unsqueeze(-1), self.mask_emb.to(features.dtype), features)
+        if mask_channel_prob > 0:
+            channels = span_mask(batch, dim, mask_channel_prob, self.cfg.mask_channel_length, device=features.device)
+            features = features.masked_fill(channels.unsqueeze(1), 0.0)
+        return features, mask
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict:
+        """Distillation step: student predictions and teacher targets for every layer.
+
+        Returns a dict with ``predictions``, ``targets`` (teacher on the clean input) and ``masked_targets``
+        (teacher on the masked input, None when nothing is masked), each a list of ``[B, T, teacher width]``
+        per layer, plus the frame ``mask`` (None in evaluation) and the frame ``padding_mask``.
+        """
+        if self.heads is None:
+            raise RuntimeError("the projection heads were removed (remove_pretraining_modules): cannot distil")
+        if self.encoder.layerdrop > 0:
+            raise ValueError("model.encoder_layerdrop must be 0 for distillation: every layer has a target")
+        teacher = self.load_teacher()
+        features, frame_padding = self.front_end(source, padding_mask)
+        mask_prob = self.cfg.mask_prob if self.training else 0.0
+        features, mask = self.apply_mask(features, frame_padding, mask_prob)
+        targets, masked_targets = teacher.layer_outputs(source, frame_padding, mask)
+        if targets[0].shape[:2] != features.shape[:2]:
+            raise ValueError(
+                f"the student makes {features.size(1)} frames and the teacher {targets[0].size(1)}: "
+                "model.conv_feature_layers must have the teacher's kernels and strides (total stride 320)"
+            )
+        layers = self.encoder(features, frame_padding)
+        predictions = [head(hidden) for head, hidden in zip(self.heads, layers)]
+        return {
+            "predictions": predictions,
+            "targets": targets,
+            "masked_targets": masked_targets,
+            "mask": mask,
+            "padding_mask": frame_padding,
+        }
+
+    def extract_features(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        mask: bool = False,
+        layer: Optional[int] = None,
+        **kwargs,
+    ) -> Dict:
+        """What fairseq's ``wav2vec_ctc`` calls: ``x`` is the last (or 0-based ``layer``-th) layer ``[B, T, D]``.
+
+        ``mask=True`` applies the fine-tuning masks (``mask_prob``, ``mask_channel_prob``). ``layer_results``
+        holds every layer's output batch-first ``[B, T, D]`` (fairseq's own models give ``T x B`` tuples).
+        """
+        features, frame_padding = self.front_end(source, padding_mask)
+        if mask:
+            features, _ = self.apply_mask(features, frame_padding, self.cfg.mask_prob, self.cfg.mask_channel_prob)
+        layers = self.encoder(features, frame_padding, num_layers=None if layer is None else layer + 1)
+        x = layers[-1] if layers else features  # layerdrop may, very rarely, drop every layer
+        return {"x": x, "padding_mask": frame_padding, "layer_results": layers, "features": features}
+
+    def hidden_states(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, projected: bool = True
+    ) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        """All layers, for a SUPERB-style learnt weighted sum: (list of ``[B, T, C]``, frame padding mask).
+
+        ``projected=True`` gives the 12 head outputs (teacher width), which is what the released s3prl upstream
+        returns and what the paper's SUPERB numbers used; ``projected=False`` gives the transformer input
+        followed by every layer's output (student width D).
+        """
+        features, frame_padding = self.front_end(source, padding_mask)
+        layers = self.encoder(features, frame_padding)
+        if not projected:
+            return [features] + layers, frame_padding
+        if self.heads is None:
+            raise RuntimeError("projected hidden states need the projection heads, which were removed")
+        return [head(hidden) for head, hidden in zip(self.heads, layers)], frame_padding
+
+    # -------------------------------------------------------------------------------- fairseq hooks
+    def remove_pretraining_modules(self, **kwargs):
+        """For fine-tuning: drop the heads, the teacher and the distillation-only gradient scaling."""
+        self.heads = None
+        self.teacher_path = None
+        object.__setattr__(self, "teacher", None)
+        self.encoder.layer_grad_scale = False
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """A pretraining checkpoint loads strictly into a model whose heads were removed (``wav2vec_ctc``)."""
+        super().upgrade_state_dict_named(state_dict, name)
+        if self.heads is None:
+            prefix = f"{name}." if name else ""
+            for key in [k for k in state_dict if k.startswith(f"{prefix}heads.")]:
+                del state_dict[key]
+        return state_dict
