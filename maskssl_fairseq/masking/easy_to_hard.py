@@ -1,0 +1,94 @@
+"""EH-MAM's adaptive mask: some spans start on the frames predicted to be hardest, the rest are random.
+
+EH-MAM (Seth et al., EMNLP 2024) keeps data2vec 2.0's masking budget (mask probability, span length) and
+places a fraction of the spans on the frames with the highest predicted reconstruction loss; that
+fraction grows over training (easy to hard). This is the vectorised torch version of the official
+``compute_mask_indices_ema_loss`` (numpy, one Python iteration per utterance), with three differences:
+
+- every row masks exactly ``int(mask_prob * shortest valid length)`` frames, as :func:`span_mask` does,
+  instead of "span starts = mask_prob * T / span" followed by subsampling every row to the batch minimum;
+- the hard span budget is ``hard_fraction`` of the ``count / span`` spans a masking without overlap
+  would need, so the hard spans alone never exceed the frame budget;
+- hard spans starting on neighbouring top-scored frames overlap (as in the official code), and the
+  frames that overlap leaves free are covered by *extra random spans* rather than scattered frames.
+"""
+
+import math
+from typing import Optional
+
+import torch
+
+from .span import spans_from_starts, top_k_mask, valid_frames
+
+
+def _random_span_starts(
+    allowed: torch.Tensor, num_starts: torch.Tensor, generator: Optional[torch.Generator]
+) -> torch.Tensor:
+    """Picks ``num_starts[b]`` random True positions of each row of ``allowed [B, T]`` (fewer if it has fewer)."""
+    noise = torch.rand(allowed.shape, generator=generator, device=allowed.device).masked_fill(~allowed, -1.0)
+    rank = noise.argsort(dim=1, descending=True).argsort(dim=1)
+    return (rank < num_starts.unsqueeze(1)) & allowed
+
+
+def easy_to_hard_mask(
+    scores: torch.Tensor,
+    mask_prob: float,
+    span: int,
+    hard_fraction: float,
+    *,
+    generator: Optional[torch.Generator] = None,
+    padding_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Masks ``int(mask_prob * L)`` frames per row in spans, a share of them starting on the top scores.
+
+    Args:
+        scores: ``[B, T]`` predicted difficulty of every frame (the teacher's loss predictor); only their
+            order within a row matters. Rows that are copies of one utterance (``clone_batch``) get the
+            same hard spans, and their random spans are drawn independently.
+        mask_prob: fraction of frames to mask; ``L`` is the shortest unpadded length in the batch.
+        span: span length in frames (data2vec 2.0: 5).
+        hard_fraction: share in ``[0, 1]`` of the ``count / span`` span budget that starts on the frames
+            with the highest scores; 0 gives plain random span masking.
+        generator: seeds the random spans; it must live on ``scores``' device.
+        padding_mask: ``[B, T]``, True at padding; padding is never masked.
+
+    Returns:
+        Boolean ``[B, T]``, True = masked, with the same count in every row.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [B, T], got shape {tuple(scores.shape)}")
+    if not 0.0 <= mask_prob <= 1.0:
+        raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
+    if span < 1:
+        raise ValueError(f"span must be at least 1, got {span}")
+    batch, length = scores.shape
+    valid = valid_frames(batch, length, padding_mask, scores.device)
+    valid_lengths = valid.sum(dim=1)
+    shortest = int(valid_lengths.min()) if batch > 0 else 0
+    count = int(mask_prob * shortest)
+    if count == 0:
+        return torch.zeros(batch, length, dtype=torch.bool, device=scores.device)
+
+    positions = torch.arange(length, device=scores.device)
+    can_start = valid & (positions.unsqueeze(0) <= (valid_lengths - span).clamp(min=0).unsqueeze(1))
+
+    num_hard = min(int(hard_fraction * count / span + 0.5), count // span)
+    hard_priority = scores.detach().float().masked_fill(~can_start, -math.inf)
+    hard = spans_from_starts(top_k_mask(hard_priority, num_hard) & can_start, span) & valid
+
+    # random spans cover what the hard spans left of the budget, sized per row for the expected overlap
+    # of uniformly placed spans (1 - (1 - span/free)^n covered): the same rule span_mask uses
+    free = (valid & ~hard).sum(dim=1).clamp(min=1).double()
+    missing = (count - hard.sum(dim=1)).clamp(min=0).double()
+    coverage = (missing / free).clamp(max=1.0 - 1e-9)
+    per_span = (span / free).clamp(max=1.0 - 1e-9)
+    num_random = torch.ceil(torch.log1p(-coverage) / torch.log1p(-per_span)).long()
+    random_starts = _random_span_starts(can_start & ~hard, num_random, generator)
+    random = spans_from_starts(random_starts, span) & valid & ~hard
+
+    # exact count: hard frames first, then random-span frames, then any other valid frame
+    noise = torch.rand(scores.shape, generator=generator, device=scores.device)
+    priority = (2.0 * hard.float() + random.float() + noise).masked_fill(~valid, -1.0)
+    return top_k_mask(priority, count)
