@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, fairseq_hydra_train, logged, run_checked, series
+from helpers import REPO, VENV_BIN, fairseq_hydra_train, logged, run_checked, series
 
 FAST = ["dataset.max_tokens=120000", "dataset.validate_interval_updates=1000", "checkpoint.save_interval_updates=2"]
 
@@ -101,3 +101,14 @@ def test_lexicon_and_kenlm_beam_search(finetuned, demo_corpus, tmp_path):
     vocabulary = {line.split("\t")[0] for line in lexicon.read_text().splitlines()}
     hypotheses = (out / "hyp.wrd").read_text().split()
     assert set(hypotheses) <= vocabulary  # the beam search only spells lexicon words
+
+
+@pytest.mark.parametrize("config", ["base_10m", "base_1h"])
+def test_librilight_recipes_compose_with_the_documented_overrides(config):
+    printed = run_checked([
+        VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / "finetune",
+        "--config-name", config, f"common.user_dir={REPO / 'maskssl_fairseq'}", "task.data=/data/librilight",
+        "model.w2v_path=/ckpt/pretrained.pt", "--cfg", "job",
+    ])
+    assert f"train_subset: train_{config.split('_')[1]}" in printed
+    assert "lr:\n  - 5.0e-05" in printed and "freeze_finetune_updates: 10000" in printed
