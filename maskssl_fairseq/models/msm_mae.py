@@ -1,0 +1,43 @@
+"""MSM-MAE (Niizumi et al., HEAR 2021), as trained in the M2D code base: masked spectrogram reconstruction.
+
+The encoder, front end and masking are M2D's (``MaskedSpectrogramModel``); a narrow MAE decoder
+reconstructs the masked 16x16 log-mel patches and the loss is their mean squared error.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.models import register_model
+
+from ..modules.masked_spectrogram import MaskedSpectrogramConfig, MaskedSpectrogramModel
+from ..modules.spectrogram_vit import MaskedTokenPredictor, patchify, split_by_mask
+
+
+@dataclass
+class MSMMAEConfig(MaskedSpectrogramConfig):
+    mask_ratio: float = field(default=0.75, metadata={"help": "MSM-MAE: 0.75"})
+    decoder_embed_dim: int = field(default=384, metadata={"help": "msm_mae_vit_base forces 384"})
+    decoder_layers: int = field(default=4, metadata={"help": "msm_mae_vit_base forces 4"})
+    decoder_attention_heads: int = 6
+    norm_pix_loss: bool = field(default=False, metadata={"help": "standardise each target patch (MAE default: off)"})
+
+
+@register_model("msm_mae", dataclass=MSMMAEConfig)
+class MSMMAEModel(MaskedSpectrogramModel):
+    def __init__(self, cfg: MSMMAEConfig):
+        super().__init__(cfg)
+        self.decoder = MaskedTokenPredictor(cfg.encoder_embed_dim, cfg.decoder_embed_dim, cfg.decoder_layers,
+                                            cfg.decoder_attention_heads, cfg.mlp_ratio, cfg.patch_size ** 2,
+                                            self.encoder.grid)
+
+    def forward(self, source: torch.Tensor, **unused) -> dict:
+        spectrogram = self.training_spectrogram(source)
+        mask = self.draw_mask(spectrogram)
+        visible, _, order = split_by_mask(self.encoder.embed(spectrogram), mask)
+        reconstruction = self.decoder(self.encoder(visible), order).float()  # [B, Nm, p * p]
+        _, target, _ = split_by_mask(patchify(spectrogram, self.cfg.patch_size), mask)
+        if self.cfg.norm_pix_loss:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = (reconstruction - target).pow(2).mean(dim=-1)
+        return {"losses": {"mse": per_patch.sum()}, "sample_size": per_patch.numel(), "hint_ratio": self.logged_hint_ratio}

@@ -1,0 +1,122 @@
+"""What M2D and MSM-MAE share: config fields, log-mel front end, ViT encoder, masking and features.
+
+Subclasses add their objective in ``forward``; the masking strategy (random, inverse block, DWM) is drawn
+here, inside the model, because DWM needs the normalised spectrogram and its hint ratio follows the
+training progress that fairseq reports through ``set_num_updates``.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel
+from omegaconf import II
+
+from ..masking import dispersion_weighted_mask, hint_ratio, informed_mask, inverse_block_mask, random_mask
+from .log_mel import LogMelSpectrogram
+from .spectrogram_vit import SpectrogramViT, patchify
+
+MASKING_CHOICES = ChoiceEnum(["random", "ibm", "dwm", "sgim"])
+
+
+@dataclass
+class MaskedSpectrogramConfig(FairseqDataclass):
+    # front end: M2D's wav_to_lms.py settings; the time grid comes from the task
+    sample_rate: int = II("task.sample_rate")
+    hop_length: int = II("task.hop_length")
+    input_frames: int = field(default=II("task.crop_frames"), metadata={"help": "spectrogram width the model trains on"})
+    n_fft: int = 400
+    win_length: int = 400
+    n_mels: int = 80
+    f_min: float = 50.0
+    f_max: float = 8000.0
+    # encoder: ViT-B on 16x16 patches (M2D m2d_vit_base)
+    patch_size: int = 16
+    encoder_embed_dim: int = 768
+    encoder_layers: int = 12
+    encoder_attention_heads: int = 12
+    mlp_ratio: float = 4.0
+    # masking
+    masking: MASKING_CHOICES = field(
+        default="random", metadata={"help": "random, ibm (inverse block), dwm or sgim (costly: an extra encoder pass)"}
+    )
+    mask_ratio: float = field(default=0.7, metadata={"help": "M2D: 0.7, MSM-MAE: 0.75"})
+    ibm_block: int = field(default=5, metadata={"help": "inverse block side in patches (EAT / the DWM paper: 5)"})
+    ibm_adjust: float = field(default=0.07, metadata={"help": "extra share of block centres (EAT: 0.07)"})
+    hint_gamma: float = field(default=2.0, metadata={"help": "DWM/SGIM hint schedule 1 - progress^gamma (paper: 2)"})
+    hint_constant: Optional[float] = field(
+        default=None, metadata={"help": "fixed hint ratio instead of the schedule (DWM paper ablations: 0.0, 0.5)"}
+    )
+    max_update: int = II("optimization.max_update")
+
+
+class MaskedSpectrogramModel(BaseFairseqModel):
+    """Front end, encoder and masking; ``forward(source)`` is the subclass's training objective."""
+
+    def __init__(self, cfg: MaskedSpectrogramConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.masking in ("dwm", "sgim") and cfg.hint_constant is None and cfg.max_update <= 0:
+            raise ValueError(f"model.masking={cfg.masking} anneals its hint ratio over optimization.max_update, which is not set; "
+                             "set optimization.max_update or model.hint_constant")
+        self.frontend = LogMelSpectrogram(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
+                                          cfg.f_min, cfg.f_max)
+        self.encoder = SpectrogramViT((cfg.n_mels, cfg.input_frames), cfg.patch_size, cfg.encoder_embed_dim,
+                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio)
+        self.num_updates = 0
+        self.hint_ratio = self._hint_ratio(0)
+
+    @classmethod
+    def build_model(cls, cfg, task=None):
+        model = cls(cfg)
+        # M2D and MAE exempt biases and norm weights from weight decay (timm's rule: 1-D or bias); fairseq's
+        # composite optimizer reads this attribute to put them into their own group
+        for name, parameter in model.named_parameters():
+            if parameter.ndim <= 1 or name.endswith(".bias"):
+                parameter.param_group = "no_decay"
+        return model
+
+    def _hint_ratio(self, num_updates: int) -> float:
+        progress = num_updates / self.cfg.max_update if self.cfg.max_update > 0 else 0.0
+        return hint_ratio(progress, self.cfg.hint_gamma, constant=self.cfg.hint_constant)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        self.hint_ratio = self._hint_ratio(num_updates)
+        self.num_updates = num_updates
+
+    @property
+    def logged_hint_ratio(self) -> Optional[float]:
+        """The hint ratio where it matters (DWM, SGIM), else None, which fairseq's ``model`` criterion skips."""
+        return self.hint_ratio if self.cfg.masking in ("dwm", "sgim") else None
+
+    def training_spectrogram(self, source: torch.Tensor) -> torch.Tensor:
+        """Waveform crops ``[B, S]`` -> standardised spectrograms ``[B, 1, n_mels, input_frames]``."""
+        spectrogram = self.frontend(source)
+        if spectrogram.shape[-1] < self.cfg.input_frames:
+            raise ValueError(f"{source.shape[-1]} samples give {spectrogram.shape[-1]} frames, the model trains on "
+                             f"{self.cfg.input_frames} (task.crop_frames)")
+        return spectrogram[..., : self.cfg.input_frames].unsqueeze(1)
+
+    def draw_mask(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """Boolean ``[B, N]`` from ``cfg.masking``, drawn from the global RNG that fairseq seeds each step."""
+        batch, device = spectrogram.shape[0], spectrogram.device
+        if self.cfg.masking == "random":
+            return random_mask(batch, self.encoder.num_patches, self.cfg.mask_ratio, device=device)
+        if self.cfg.masking == "ibm":
+            return inverse_block_mask(batch, self.encoder.grid, self.cfg.mask_ratio, block=self.cfg.ibm_block,
+                                      adjust=self.cfg.ibm_adjust, device=device)
+        if self.cfg.masking == "dwm":
+            return dispersion_weighted_mask(patchify(spectrogram, self.cfg.patch_size), self.cfg.mask_ratio,
+                                            self.hint_ratio)
+        with torch.no_grad():  # SGIM: the encoder's own view of every patch
+            features = self.encoder(self.encoder.embed(spectrogram))[:, 1:]
+        return informed_mask(features, self.cfg.mask_ratio, self.hint_ratio)
+
+    @torch.no_grad()
+    def extract_features(self, source: torch.Tensor) -> dict:
+        """Frozen features of whole clips ``[B, S]`` (any length): ``frames [B, T', (F/p) * D]`` every
+        ``patch * hop`` samples (M2D: 3840-d every 160 ms) and ``clip [B, (F/p) * D]``, their mean over time."""
+        frames = self.encoder.frame_features(self.frontend(source).unsqueeze(1))
+        return {"frames": frames, "clip": frames.mean(dim=1)}

@@ -1,0 +1,196 @@
+"""Pretraining on fixed-length waveform crops for spectrogram models (M2D, MSM-MAE).
+
+Reads the same ``<split>.tsv`` manifests as every other task (audio root on the first line, then
+``relative/path<TAB>num_samples``). Any sample rate is resampled to ``sample_rate``; each item is a
+random crop that gives ``crop_frames`` spectrogram frames (M2D: 608 = 6.08 s), zero-padded when the clip is
+shorter. Before training, the mean and std of the log-mel values of a random sample of the training set are
+measured and stored in the model (and so in every checkpoint).
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from fairseq.data import FairseqDataset
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+logger = logging.getLogger(__name__)
+
+
+class ManifestFormatError(ValueError):
+    """A manifest line that cannot be read; the message names the file and line."""
+
+
+def read_manifest(tsv: Path) -> Tuple[Path, List[Tuple[str, int]]]:
+    """``(audio root, [(relative path, num_samples), ...])`` of a fairseq audio manifest."""
+    if not tsv.is_file():
+        raise FileNotFoundError(f"{tsv}: no such manifest")
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].strip():
+        raise ManifestFormatError(f"{tsv}:1: the first line must be the audio root directory")
+    entries = []
+    for number, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0] or not fields[1].isdigit() or int(fields[1]) == 0:
+            raise ManifestFormatError(f"{tsv}:{number}: expected 'relative/path<TAB>num_samples > 0', got {line!r}")
+        entries.append((fields[0], int(fields[1])))
+    if not entries:
+        raise ManifestFormatError(f"{tsv}: no utterances")
+    return Path(lines[0].strip()), entries
+
+
+def load_audio(path: Path, sample_rate: int, where: str, offset: int = 0, frames: int = -1) -> torch.Tensor:
+    """Mono float32 waveform of ``frames`` samples from ``offset`` (at the file's rate), resampled.
+
+    ``where`` (``manifest:line``) goes into the error message when the file cannot be read.
+    """
+    try:
+        audio, rate = soundfile.read(str(path), start=offset, frames=frames, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as error:  # soundfile.LibsndfileError is a RuntimeError
+        raise RuntimeError(f"{where}: cannot read {path}: {error}") from error
+    if audio.shape[0] == 0:
+        raise RuntimeError(f"{where}: {path} has no samples from sample {offset}")
+    waveform = torch.from_numpy(audio.mean(axis=1))
+    if rate != sample_rate:
+        waveform = torchaudio.functional.resample(waveform, rate, sample_rate)
+    return waveform
+
+
+class WaveformCropDataset(FairseqDataset):
+    """Fixed-length waveform crops of the utterances of one manifest.
+
+    A training crop starts at a random sample (a new draw every epoch, reproducible from ``seed``); with
+    ``random_crop=False`` (validation) every epoch gets the same crops.
+    """
+
+    def __init__(self, manifest: Path, sample_rate: int, crop_samples: int, seed: int, random_crop: bool, shuffle: bool):
+        super().__init__()
+        self.manifest = manifest
+        self.root, self.entries = read_manifest(manifest)
+        self.sample_rate, self.crop_samples = sample_rate, crop_samples
+        self.seed, self.random_crop, self.shuffle = seed, random_crop, shuffle
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def crop(self, index: int, epoch: int) -> torch.Tensor:
+        relative, num_samples = self.entries[index]
+        path = self.root / relative
+        where = f"{self.manifest}:{index + 2}"
+        try:
+            rate = soundfile.info(str(path)).samplerate
+        except (RuntimeError, OSError) as error:
+            raise RuntimeError(f"{where}: cannot read {path}: {error}") from error
+        # read only what the crop needs, counted at the file's own rate
+        needed = math.ceil(self.crop_samples * rate / self.sample_rate) + 1
+        rng = np.random.default_rng((self.seed, epoch if self.random_crop else 0, index))
+        offset = int(rng.integers(0, num_samples - needed + 1)) if num_samples > needed else 0
+        waveform = load_audio(path, self.sample_rate, where, offset, min(needed, num_samples))
+        waveform = waveform[: self.crop_samples]
+        return torch.nn.functional.pad(waveform, (0, self.crop_samples - waveform.shape[0]))
+
+    def __getitem__(self, index: int) -> dict:
+        return {"id": index, "source": self.crop(index, self.epoch)}
+
+    def collater(self, samples: List[dict]) -> dict:
+        if not samples:
+            return {}
+        return {
+            "id": torch.tensor([s["id"] for s in samples]),
+            "net_input": {"source": torch.stack([s["source"] for s in samples])},
+        }
+
+    def num_tokens(self, index: int) -> int:
+        return self.crop_samples
+
+    def size(self, index: int) -> int:
+        return self.crop_samples
+
+    def ordered_indices(self) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng((self.seed, self.epoch)).permutation(len(self))
+        return np.arange(len(self))
+
+
+@dataclass
+class SpectrogramPretrainingConfig(FairseqDataclass):
+    data: str = field(default="???", metadata={"help": "directory of <split>.tsv manifests"})
+    sample_rate: int = field(default=16000, metadata={"help": "audio is resampled to this rate (M2D: 16 kHz)"})
+    hop_length: int = field(default=160, metadata={"help": "spectrogram frame shift in samples (10 ms)"})
+    crop_frames: int = field(default=608, metadata={"help": "frames per training crop (M2D: 608 = 6.08 s)"})
+    norm_sample_size: int = field(
+        default=5000, metadata={"help": "training clips whose log-mel values give the mean and std (M2D: 10000 // 2)"}
+    )
+    norm_stats: Optional[List[float]] = field(
+        default=None, metadata={"help": "[mean, std] to use instead of measuring them (M2D's fallback: [-7.1, 4.2])"}
+    )
+    train_subset: str = II("dataset.train_subset")
+    seed: int = II("common.seed")
+
+
+@register_task("spectrogram_pretraining", dataclass=SpectrogramPretrainingConfig)
+class SpectrogramPretrainingTask(FairseqTask):
+    cfg: SpectrogramPretrainingConfig
+
+    @classmethod
+    def setup_task(cls, cfg: SpectrogramPretrainingConfig, **kwargs):
+        return cls(cfg)
+
+    @property
+    def crop_samples(self) -> int:
+        # centred frames: (crop_frames - 1) hops give exactly crop_frames frames
+        return (self.cfg.crop_frames - 1) * self.cfg.hop_length
+
+    def load_dataset(self, split: str, combine: bool = False, **kwargs) -> None:
+        is_train = split == self.cfg.train_subset
+        self.datasets[split] = WaveformCropDataset(
+            Path(self.cfg.data) / f"{split}.tsv", self.cfg.sample_rate, self.crop_samples, self.cfg.seed,
+            random_crop=is_train, shuffle=is_train,
+        )
+
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        model = super().build_model(cfg, from_checkpoint)
+        if not from_checkpoint:
+            mean, std = self.cfg.norm_stats or self.measure_norm_stats(model.frontend)
+            model.frontend.set_norm_stats(float(mean), float(std))
+        return model
+
+    @torch.no_grad()
+    def measure_norm_stats(self, frontend) -> Tuple[float, float]:
+        """Mean and std of the log-mel values of up to ``norm_sample_size`` random training crops."""
+        manifest = Path(self.cfg.data) / f"{self.cfg.train_subset}.tsv"
+        dataset = WaveformCropDataset(manifest, self.cfg.sample_rate, self.crop_samples, self.cfg.seed,
+                                      random_crop=True, shuffle=False)
+        picked = np.random.default_rng(self.cfg.seed).permutation(len(dataset))[: self.cfg.norm_sample_size]
+        total = total_sq = count = 0.0
+        for start in range(0, len(picked), 32):
+            batch = torch.stack([dataset.crop(int(i), epoch=0) for i in picked[start:start + 32]])
+            values = frontend.log_mel(batch).double()
+            total, total_sq, count = total + values.sum().item(), total_sq + values.square().sum().item(), count + values.numel()
+        mean = total / count
+        std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+        logger.info(f"log-mel mean {mean:.4f}, std {std:.4f} from {len(picked)} clips of {manifest}")
+        return mean, std
+
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self):
+        return None
+
+    def max_positions(self):
+        return None

@@ -1,0 +1,179 @@
+"""M2D / MSM-MAE through the real ``fairseq-hydra-train`` on the spoken demo corpus, and linear evaluation."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import REPO, fairseq_hydra_train, run_checked
+
+CONFIGS = REPO / "examples" / "m2d"
+FAST = ("task.norm_sample_size=40", "optimization.max_update=10")
+
+
+def logged(log: str, section: str = "train_inner") -> list:
+    """The json records logged under ``section``, in fairseq's plain (``| train_inner | {...}``) or hydra's
+    (``[train_inner][INFO] - {...}``) log format (``helpers.logged`` reads only the first)."""
+    pattern = re.compile(rf"(?:\| {section} \| |\[{section}\]\[INFO\] - )(\{{.*\}})\s*$")
+    return [json.loads(m.group(1)) for m in map(pattern.search, log.splitlines()) if m]
+
+
+def series(log: str, key: str, section: str = "train_inner") -> list:
+    return [float(r[key]) for r in logged(log, section) if key in r]
+
+
+def train(demo_corpus: Path, config: str, run_dir: Path, *overrides: str) -> str:
+    return fairseq_hydra_train(CONFIGS, config, f"task.data={demo_corpus}", *FAST, *overrides, run_dir=run_dir)
+
+
+def assert_loss_falls(log: str) -> list:
+    losses = series(log, "loss")
+    assert len(losses) == 10, log[-3000:]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    return losses
+
+
+@pytest.fixture(scope="module")
+def random_run(demo_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("m2d_random")
+    return train(demo_corpus, "tiny_random", run_dir), run_dir / "checkpoints" / "checkpoint_last.pt"
+
+
+def test_m2d_random_masking_trains(random_run):
+    log, checkpoint = random_run
+    assert_loss_falls(log)
+    ema = series(log, "ema_decay")
+    assert ema[0] == pytest.approx(0.99) and ema[-1] > ema[0]  # the momentum rises over training
+    assert "hint_ratio" not in logged(log)[0]  # only DWM has one
+    assert logged(log, "dev") and checkpoint.is_file()
+
+
+@pytest.mark.parametrize("config", ["tiny_ibm", "tiny_dwm", "tiny_msm_mae"])
+def test_other_strategies_and_msm_mae_train(demo_corpus, tmp_path, config):
+    log = train(demo_corpus, config, tmp_path, "checkpoint.no_save=true", "dataset.disable_validation=true")
+    assert_loss_falls(log)
+    if config in ("tiny_dwm", "tiny_msm_mae"):
+        hints = series(log, "hint_ratio")
+        # 1 - (updates / 10)^2: random masking at first, mostly dispersion-weighted at the end
+        assert hints[0] == 1.0 and hints[-1] == pytest.approx(1 - 0.9 ** 2, abs=1e-3)
+        assert hints == sorted(hints, reverse=True)
+
+
+def test_ema_target_is_excluded_from_the_optimizer(random_run):
+    _, checkpoint = random_run
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    sys.path.insert(0, str(REPO / "run"))
+    from linear_eval import load_encoder
+
+    model = load_encoder(checkpoint, random_init=False, device=torch.device("cpu"))
+    target = {n for n, _ in model.named_parameters() if n.startswith("target_")}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert target and not target & set(trainable)
+    # the optimizer state holds exactly the online parameters, split into decayed and no-decay groups
+    groups = state["last_optimizer_state"]
+    optimized = sorted(tuple(s["exp_avg"].shape) for g in groups.values() for s in g["state"].values())
+    assert optimized == sorted(tuple(p.shape) for p in trainable.values())
+    no_decay = sum(1 for n, p in trainable.items() if p.ndim <= 1 or n.endswith(".bias"))
+    assert len(groups["no_decay"]["state"]) == no_decay
+    # the target did follow the online encoder: EMA moved it away from its own initialisation
+    online, followed = model.encoder.blocks[0].mlp.fc1.weight, model.target_blocks[0].mlp.fc1.weight
+    fresh = type(model).build_model(model.cfg).target_blocks[0].mlp.fc1.weight
+    assert (followed - fresh).abs().max() > 0 and not torch.equal(online, followed)
+
+
+def test_ema_step_is_the_momentum_update(random_run):
+    sys.path.insert(0, str(REPO / "run"))
+    from linear_eval import load_encoder
+
+    model = load_encoder(random_run[1], random_init=True, device=torch.device("cpu"))
+    before = model.target_norm.weight.clone()
+    online = model.encoder.norm.weight.detach() + 1.0
+    model.encoder.norm.weight.data.copy_(online)
+    model.ema_step(0.9)
+    assert torch.allclose(model.target_norm.weight, 0.9 * before + 0.1 * online)
+    assert model.ema_decay_at(0) == pytest.approx(0.99) and model.ema_decay_at(9) == pytest.approx(0.999)
+
+
+def test_every_strategy_runs_in_the_model(random_run):
+    sys.path.insert(0, str(REPO / "run"))
+    from linear_eval import load_encoder
+
+    model = load_encoder(random_run[1], random_init=False, device=torch.device("cpu")).train()
+    waveform = torch.randn(3, 207 * 160)
+    for strategy in ("random", "ibm", "dwm", "sgim"):
+        model.cfg.masking = strategy
+        output = model(waveform)
+        assert output["sample_size"] == 3 * 46  # 65 patches, 19 visible at 0.7
+        assert torch.isfinite(output["losses"]["m2d"])
+
+
+def test_frame_and_clip_features(random_run):
+    sys.path.insert(0, str(REPO / "run"))
+    from linear_eval import load_encoder
+
+    model = load_encoder(random_run[1], random_init=False, device=torch.device("cpu"))
+    features = model.extract_features(torch.randn(2, 16000 * 5))  # 5 s: 501 frames, 31 patches of 16
+    # 208-frame chunks: 13 + 13 + 5 time steps, each 5 frequency patches x 64 dims
+    assert features["frames"].shape == (2, 31, 5 * 64)
+    assert torch.allclose(features["clip"], features["frames"].mean(dim=1))
+    short = model.extract_features(torch.randn(1, 800))  # 6 frames: padded to one patch
+    assert short["frames"].shape == (1, 1, 320)
+
+
+def test_linear_evaluation_prints_an_accuracy(random_run, demo_corpus, tmp_path, capsys):
+    # in-process (the tools' main functions) to spare two fairseq start-ups
+    sys.path.insert(0, str(REPO / "run"))
+    sys.path.insert(0, str(CONFIGS))
+    import demo_labels
+    import linear_eval
+
+    labeled = tmp_path / "voices"
+    demo_labels.main(["--manifests", str(demo_corpus), "--out", str(labeled), "--label", "variant"])
+    splits = [f"--{name}={labeled / f'{split}.tsv'}" for name, split in
+              (("train", "train_1h"), ("valid", "dev"), ("test", "test"))]
+    result = linear_eval.main(["--checkpoint", str(random_run[1]), *splits, "--lr", "1e-3", "--max-epochs", "30"])
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and 1 <= result["best_epoch"] <= 30
+    assert result["feature_dim"] == 5 * 64 and result["classes"] > 1
+    assert f"test accuracy: {100 * result['test_accuracy']:.2f}%" in capsys.readouterr().out
+
+    (labeled / "dev.label").write_text("m1\n")
+    with pytest.raises(ValueError, match=r"dev.label:2: 1 labels for \d+ utterances"):
+        linear_eval.main(["--checkpoint", str(random_run[1]), *splits])
+    (labeled / "test.label").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test.label: no such label file"):
+        linear_eval.read_labeled_manifest(labeled / "test.tsv")
+
+
+def test_bad_manifest_line_is_named(tmp_path):
+    from maskssl_fairseq.tasks.spectrogram_pretraining import ManifestFormatError, read_manifest
+
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text(f"{tmp_path}\na.flac\t16000\nb.flac 16000\n")
+    with pytest.raises(ManifestFormatError, match=r"train.tsv:3: expected"):
+        read_manifest(tsv)
+
+
+def test_front_end_refuses_to_run_without_statistics():
+    from maskssl_fairseq.modules.log_mel import LogMelSpectrogram
+
+    frontend = LogMelSpectrogram()
+    with pytest.raises(RuntimeError, match="normalisation statistics are not set"):
+        frontend(torch.zeros(1, 16000))
+    frontend.set_norm_stats(-7.1, 4.2)
+    assert frontend(torch.zeros(1, 16000)).shape == (1, 80, 101)
+
+
+def test_mask_picture_is_drawn(demo_corpus, tmp_path):
+    sys.path.insert(0, str(REPO / "run"))
+    import visualize_masks
+
+    root = Path((demo_corpus / "test.tsv").read_text().splitlines()[0])
+    audio = root / (demo_corpus / "test.tsv").read_text().splitlines()[1].split("\t")[0]
+    picture = tmp_path / "masks.png"
+    visualize_masks.main(["--audio", str(audio), "--out", str(picture)])
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):  # never overwrites without --force
+        visualize_masks.main(["--audio", str(audio), "--out", str(picture)])
