@@ -1,28 +1,15 @@
 """M2D / MSM-MAE through the real ``fairseq-hydra-train`` on the spoken demo corpus, and linear evaluation."""
 
-import json
-import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import REPO, fairseq_hydra_train, run_checked
+from helpers import REPO, fairseq_hydra_train, logged, run_checked, series
 
 CONFIGS = REPO / "examples" / "m2d"
 FAST = ("task.norm_sample_size=40", "optimization.max_update=10")
-
-
-def logged(log: str, section: str = "train_inner") -> list:
-    """The json records logged under ``section``, in fairseq's plain (``| train_inner | {...}``) or hydra's
-    (``[train_inner][INFO] - {...}``) log format (``helpers.logged`` reads only the first)."""
-    pattern = re.compile(rf"(?:\| {section} \| |\[{section}\]\[INFO\] - )(\{{.*\}})\s*$")
-    return [json.loads(m.group(1)) for m in map(pattern.search, log.splitlines()) if m]
-
-
-def series(log: str, key: str, section: str = "train_inner") -> list:
-    return [float(r[key]) for r in logged(log, section) if key in r]
 
 
 def train(demo_corpus: Path, config: str, run_dir: Path, *overrides: str) -> str:
