@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Set, Tuple
+from typing import List, Set
 
 import editdistance
 import soundfile as sf
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maskssl_fairseq.checkpoints import load_finetuned  # noqa: E402
+from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
 
 
 def letters_to_words(letters: List[str]) -> str:
@@ -65,7 +66,7 @@ def main(argv=None):
     if out.exists() and any(out.iterdir()) and not args.force:
         parser.error(f"{out} exists; pass --force to overwrite it or --out to write elsewhere")
 
-    entries = read_manifest(args.manifest)
+    entries = audio_files(args.manifest)
     refs = reference_words(args.manifest, len(entries))
     model, dictionary, normalize, sample_rate = load_finetuned(args.checkpoint, args.manifest.parent, args.device)
     symbols = list(dictionary.symbols)
@@ -116,13 +117,6 @@ def main(argv=None):
     print(f"[decode] {summary['decoder']} on {args.manifest.name}: WER {wer:.2f}%  CER {cer:.2f}%  "
           f"({len(hyps)} utterances)")
     print(f"[decode] hypotheses: {out / 'hyp.wrd'}  references: {out / 'ref.wrd'}")
-
-
-def read_manifest(tsv: Path) -> List[Tuple[Path, int]]:
-    """``(audio path, num_samples)`` per utterance of a fairseq manifest."""
-    lines = tsv.read_text().splitlines()
-    root = Path(lines[0].strip())
-    return [(root / path, int(samples)) for path, samples in (line.strip().split("\t") for line in lines[1:])]
 
 
 def reference_words(manifest: Path, count: int) -> List[str]:

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "run"))
-from decode import error_rate, greedy, read_manifest, reference_words  # noqa: E402
+from decode import error_rate, greedy, reference_words  # noqa: E402
 
 from maskssl_fairseq.checkpoints import load_finetuned  # noqa: E402
+from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
 from maskssl_fairseq.masking import easy_to_hard_mask, span_mask  # noqa: E402
 
 
@@ -55,8 +56,9 @@ def load_pretrained(checkpoint: Path, data_dir: Path, device: str):
 @torch.inference_mode()
 def masking(args) -> None:
     prepare_out(args.out, ["figure5.png", "figure5.md", "figure5.json"], args.force)
-    entries = read_manifest(args.manifest)[: args.max_utterances]
-    refs = reference_words(args.manifest, len(read_manifest(args.manifest)))[: len(entries)]
+    everything = audio_files(args.manifest)
+    entries = everything[: args.max_utterances]
+    refs = reference_words(args.manifest, len(everything))[: len(entries)]
     model, dictionary, normalize, rate = load_finetuned(args.finetuned, args.manifest.parent, args.device)
     pretrained = load_pretrained(args.pretrained, args.manifest.parent, args.device)
     teacher = pretrained.teacher(next(pretrained.parameters()))

@@ -24,9 +24,9 @@ import torch.nn as nn
 
 
 def read_labeled_manifest(tsv: Path) -> Tuple[List[Path], List[str]]:
-    from maskssl_fairseq.tasks.spectrogram_pretraining import read_manifest
+    from maskssl_fairseq.data.manifests import audio_files
 
-    root, entries = read_manifest(tsv)
+    entries = audio_files(tsv)
     label_file = tsv.with_suffix(".label")
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file}: no such label file (one class label per line, next to {tsv.name})")
@@ -37,7 +37,7 @@ def read_labeled_manifest(tsv: Path) -> Tuple[List[Path], List[str]]:
     for number, label in enumerate(labels, 1):
         if not label.strip():
             raise ValueError(f"{label_file}:{number}: empty label")
-    return [root / path for path, _ in entries], [label.strip() for label in labels]
+    return [path for path, _ in entries], [label.strip() for label in labels]
 
 
 def load_encoder(checkpoint: Path, random_init: bool, device: torch.device):

@@ -19,7 +19,9 @@ from maskssl_fairseq.modules.hubert_teacher import HubertTeacher
 
 CONFIGS = REPO / "examples" / "armhubert"
 sys.path.insert(0, str(CONFIGS))
-from mfcc_labels import read_manifest, write_labels  # noqa: E402
+from mfcc_labels import write_labels  # noqa: E402
+
+from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
 
 
 def load_checkpoint(path):
@@ -82,7 +84,7 @@ def test_teacher_stays_frozen_in_eval_mode_and_unchanged(demo_corpus, tiny_teach
     model_cfg.teacher_path = str(tiny_teacher)
     model = ArmHubertModel.build_model(OmegaConf.merge(OmegaConf.structured(ArmHubertConfig), model_cfg))
     criterion = ArmHubertDistillationCriterion(ArmHubertDistillationConfig(), task=None)
-    files = read_manifest(demo_corpus / "pretrain.tsv")[:2]
+    files = [path for path, _ in audio_files(demo_corpus / "pretrain.tsv")[:2]]
     waves = [torch.from_numpy(sf.read(str(f), dtype="float32")[0]) for f in files]
     length = max(len(w) for w in waves)
     source = torch.stack([torch.nn.functional.pad(w, (0, length - len(w))) for w in waves])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, fairseq_hydra_train, logged, run_checked, series
+from helpers import REPO, fairseq_hydra_train, logged, series
 
 CONFIGS = REPO / "examples" / "m2d"
 FAST = ("task.norm_sample_size=40", "optimization.max_update=10")
@@ -135,7 +135,7 @@ def test_linear_evaluation_prints_an_accuracy(random_run, demo_corpus, tmp_path,
 
 
 def test_bad_manifest_line_is_named(tmp_path):
-    from maskssl_fairseq.tasks.spectrogram_pretraining import ManifestFormatError, read_manifest
+    from maskssl_fairseq.data.manifests import ManifestFormatError, read_manifest
 
     tsv = tmp_path / "train.tsv"
     tsv.write_text(f"{tmp_path}\na.flac\t16000\nb.flac 16000\n")

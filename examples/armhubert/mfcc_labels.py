@@ -11,23 +11,17 @@ real HuBERT labels come from fairseq's ``examples/hubert/simple_kmeans`` recipe.
 
 import argparse
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 import soundfile as sf
 import torch
 import torchaudio
 
+from maskssl_fairseq.data.manifests import audio_files
+
 SAMPLE_RATE = 16000
 HOP = 320  # 50 Hz, HuBERT BASE's frame rate
 WINDOW = 400  # HuBERT's conv front end sees 400 samples per frame, so both give the same frame count
-
-
-def read_manifest(path: Path) -> List[Path]:
-    lines = path.read_text().splitlines()
-    if not lines:
-        raise ValueError(f"{path}: empty manifest (the first line must be the audio root)")
-    root = Path(lines[0])
-    return [root / line.split("\t")[0] for line in lines[1:] if line.strip()]
 
 
 def mfcc_frames(audio_path: Path, transform: torchaudio.transforms.MFCC) -> torch.Tensor:
@@ -70,7 +64,7 @@ def write_labels(
         sample_rate=SAMPLE_RATE, n_mfcc=13,
         melkwargs={"n_fft": WINDOW, "win_length": WINDOW, "hop_length": HOP, "n_mels": 40, "center": False},
     )
-    features = {split: [mfcc_frames(p, transform) for p in read_manifest(data / f"{split}.tsv")] for split in splits}
+    features = {split: [mfcc_frames(p, transform) for p, _ in audio_files(data / f"{split}.tsv")] for split in splits}
     fit = torch.cat(features[splits[0]])
     mean, std = fit.mean(dim=0), fit.std(dim=0).clamp(min=1e-5)
     generator = torch.Generator().manual_seed(seed)

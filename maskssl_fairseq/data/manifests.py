@@ -35,6 +35,34 @@ class ManifestError(Exception):
     """Bad input or refused output; the message names the file (and line) of each problem, one per line."""
 
 
+class ManifestFormatError(ManifestError, ValueError):
+    """A manifest line that cannot be read; the message names the file and line."""
+
+
+def read_manifest(tsv: Path) -> tuple[Path, list[tuple[str, int]]]:
+    """``(audio root, [(relative path, num_samples), ...])`` of a fairseq audio manifest."""
+    if not tsv.is_file():
+        raise FileNotFoundError(f"{tsv}: no such manifest")
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].strip():
+        raise ManifestFormatError(f"{tsv}:1: the first line must be the audio root directory")
+    entries = []
+    for number, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0] or not fields[1].isdigit() or int(fields[1]) == 0:
+            raise ManifestFormatError(f"{tsv}:{number}: expected 'relative/path<TAB>num_samples > 0', got {line!r}")
+        entries.append((fields[0], int(fields[1])))
+    if not entries:
+        raise ManifestFormatError(f"{tsv}: no utterances")
+    return Path(lines[0].strip()), entries
+
+
+def audio_files(tsv: Path) -> list[tuple[Path, int]]:
+    """``(audio path, num_samples)`` for each utterance of a manifest, in manifest order."""
+    root, entries = read_manifest(tsv)
+    return [(root / path, samples) for path, samples in entries]
+
+
 @dataclass(frozen=True)
 class Utterance:
     path: str  # relative to the split's audio root, with "/" separators

@@ -22,29 +22,9 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..data.manifests import read_manifest
+
 logger = logging.getLogger(__name__)
-
-
-class ManifestFormatError(ValueError):
-    """A manifest line that cannot be read; the message names the file and line."""
-
-
-def read_manifest(tsv: Path) -> Tuple[Path, List[Tuple[str, int]]]:
-    """``(audio root, [(relative path, num_samples), ...])`` of a fairseq audio manifest."""
-    if not tsv.is_file():
-        raise FileNotFoundError(f"{tsv}: no such manifest")
-    lines = tsv.read_text(encoding="utf-8").splitlines()
-    if not lines or not lines[0].strip():
-        raise ManifestFormatError(f"{tsv}:1: the first line must be the audio root directory")
-    entries = []
-    for number, line in enumerate(lines[1:], 2):
-        fields = line.split("\t")
-        if len(fields) != 2 or not fields[0] or not fields[1].isdigit() or int(fields[1]) == 0:
-            raise ManifestFormatError(f"{tsv}:{number}: expected 'relative/path<TAB>num_samples > 0', got {line!r}")
-        entries.append((fields[0], int(fields[1])))
-    if not entries:
-        raise ManifestFormatError(f"{tsv}: no utterances")
-    return Path(lines[0].strip()), entries
 
 
 def load_audio(path: Path, sample_rate: int, where: str, offset: int = 0, frames: int = -1) -> torch.Tensor:
