@@ -91,7 +91,9 @@ def test_lexicon_and_kenlm_beam_search(finetuned, demo_corpus, tmp_path):
     word_files = [demo_corpus / f"{split}.wrd" for split in ("train_1h", "test")]
     lexicon, lm = tmp_path / "lexicon.txt", tmp_path / "lm.arpa"
     run_checked([sys.executable, REPO / "manifests" / "lexicon.py", "--words", *word_files, "--out", lexicon])
-    assert "HELLO" not in lexicon.read_text() and "\t" in lexicon.read_text().splitlines()[0]
+    entries = [line.split("\t") for line in lexicon.read_text().splitlines()]
+    assert all(spelling == " ".join(word) + " |" for word, spelling in entries)  # letter units, word boundary
+    assert {word for word, _ in entries} == set(" ".join(f.read_text() for f in word_files).split())
     write_bigram_arpa((demo_corpus / "train_1h.wrd").read_text().splitlines(), lm)
     out = tmp_path / "decode"
     printed = run_checked([sys.executable, REPO / "run" / "decode.py", "--checkpoint",
