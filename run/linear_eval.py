@@ -6,10 +6,12 @@ Each ``<name>.tsv`` (fairseq manifest) needs a ``<name>.label`` next to it: one 
 manifest order. As in the M2D papers (EVAR): frozen clip embeddings (the mean over time of the
 frame-level features of the whole clip), standardised with the training set's statistics, a single
 linear layer trained with Adam and early stopping on validation accuracy (patience 20 epochs, at most
-200), whose best validation weights are then scored on the test set.
+200), whose best validation weights are then scored on the test set. As in the DWM paper, this runs three
+times (``--runs``) with seeds ``--seed``, ``--seed + 1``, ... and reports the mean and standard deviation.
 
 ``--random-init`` evaluates a randomly initialised encoder of the same architecture (and the same
 log-mel statistics) instead of the checkpoint's weights: the baseline a pretrained encoder should beat.
+Each run then draws its own encoder from its seed, so the spread includes the initialisation's.
 """
 
 import argparse
@@ -123,22 +125,35 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-epochs", type=int, default=200, help="EVAR: 200")
     parser.add_argument("--patience", type=int, default=20, help="epochs without a better validation accuracy (EVAR: 20)")
     parser.add_argument("--batch-size", type=int, default=200, help="EVAR: min(200, N)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=3, help="classifiers (and random encoders) to average (DWM paper: 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
+    if args.runs < 1:
+        parser.error(f"--runs {args.runs}: needs at least 1")
     paths, labels = {}, {}
     for split in ("train", "valid", "test"):  # every input is checked before the slow part starts
         paths[split], labels[split] = read_labeled_manifest(getattr(args, split))
     device = torch.device(args.device)
-    torch.manual_seed(args.seed)  # the random-init baseline is reproducible too
-    model = load_encoder(args.checkpoint, args.random_init, device)
-    features = {split: clip_embeddings(model, paths[split], model.cfg.sample_rate, device) for split in paths}
-    result = train_linear_classifier(features, labels, lr=args.lr, max_epochs=args.max_epochs,
-                                     patience=args.patience, batch_size=args.batch_size, seed=args.seed)
-    result["encoder"] = "random init" if args.random_init else str(args.checkpoint)
+    runs = []
+    for seed in range(args.seed, args.seed + args.runs):
+        if args.random_init or not runs:
+            torch.manual_seed(seed)  # the random-init encoder of this run
+            model = load_encoder(args.checkpoint, args.random_init, device)
+            features = {split: clip_embeddings(model, paths[split], model.cfg.sample_rate, device) for split in paths}
+        runs.append(train_linear_classifier(features, labels, lr=args.lr, max_epochs=args.max_epochs,
+                                            patience=args.patience, batch_size=args.batch_size, seed=seed))
+    accuracies = torch.tensor([run["test_accuracy"] for run in runs])
+    result = {
+        "encoder": "random init" if args.random_init else str(args.checkpoint),
+        "test_accuracy": float(accuracies.mean()),
+        "test_accuracy_std": float(accuracies.std(unbiased=False)),
+        "runs": runs,
+    }
     print(json.dumps(result))
-    print(f"test accuracy: {100 * result['test_accuracy']:.2f}%")
+    print(f"test accuracy: {100 * result['test_accuracy']:.2f} +- {100 * result['test_accuracy_std']:.2f}% "
+          f"({len(runs)} runs)")
     return result
 
 

@@ -114,24 +114,61 @@ def test_linear_evaluation_prints_an_accuracy(random_run, demo_corpus, tmp_path,
     # in-process (the tools' main functions) to spare two fairseq start-ups
     sys.path.insert(0, str(REPO / "run"))
     sys.path.insert(0, str(CONFIGS))
-    import demo_labels
+    import demo_tasks
     import linear_eval
 
-    labeled = tmp_path / "voices"
-    demo_labels.main(["--manifests", str(demo_corpus), "--out", str(labeled), "--label", "variant"])
-    splits = [f"--{name}={labeled / f'{split}.tsv'}" for name, split in
-              (("train", "train_1h"), ("valid", "dev"), ("test", "test"))]
-    result = linear_eval.main(["--checkpoint", str(random_run[1]), *splits, "--lr", "1e-3", "--max-epochs", "30"])
-    assert 0.0 <= result["test_accuracy"] <= 1.0 and 1 <= result["best_epoch"] <= 30
-    assert result["feature_dim"] == 5 * 64 and result["classes"] > 1
-    assert f"test accuracy: {100 * result['test_accuracy']:.2f}%" in capsys.readouterr().out
+    labeled = tmp_path / "variants"
+    demo_tasks.main(["variant", "--manifests", str(demo_corpus), "--out", str(labeled)])
+    splits = [f"--{split}={labeled / f'{split}.tsv'}" for split in ("train", "valid", "test")]
+    result = linear_eval.main(["--checkpoint", str(random_run[1]), *splits, "--lr", "1e-3", "--max-epochs", "30",
+                               "--runs", "2", "--random-init"])
+    accuracies = [run["test_accuracy"] for run in result["runs"]]
+    assert len(accuracies) == 2 and result["test_accuracy"] == pytest.approx(sum(accuracies) / 2)
+    assert result["test_accuracy_std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2)
+    for run in result["runs"]:
+        assert 0.0 <= run["test_accuracy"] <= 1.0 and 1 <= run["best_epoch"] <= 30
+        assert run["feature_dim"] == 5 * 64 and run["classes"] == 6
+    assert (f"test accuracy: {100 * result['test_accuracy']:.2f} +- {100 * result['test_accuracy_std']:.2f}% (2 runs)"
+            in capsys.readouterr().out)
 
-    (labeled / "dev.label").write_text("m1\n")
-    with pytest.raises(ValueError, match=r"dev.label:2: 1 labels for \d+ utterances"):
+    (labeled / "valid.label").write_text("m1\n")
+    with pytest.raises(ValueError, match=r"valid.label:2: 1 labels for \d+ utterances"):
         linear_eval.main(["--checkpoint", str(random_run[1]), *splits])
     (labeled / "test.label").unlink()
     with pytest.raises(FileNotFoundError, match=r"test.label: no such label file"):
         linear_eval.read_labeled_manifest(labeled / "test.tsv")
+
+
+def test_random_init_runs_draw_their_own_encoders(random_run):
+    sys.path.insert(0, str(REPO / "run"))
+    from linear_eval import load_encoder
+
+    def first_weight(seed):
+        torch.manual_seed(seed)
+        return load_encoder(random_run[1], random_init=True, device=torch.device("cpu")).encoder.blocks[0].mlp.fc1.weight
+
+    assert torch.equal(first_weight(0), first_weight(0)) and not torch.equal(first_weight(0), first_weight(1))
+
+
+def test_keyword_task_has_disjoint_speakers(tmp_path):
+    sys.path.insert(0, str(CONFIGS))
+    import demo_tasks
+    from maskssl_fairseq.data.manifests import audio_files
+
+    out = tmp_path / "keywords"
+    demo_tasks.main(["keywords", "--out", str(out), "--clips-per-word", "2", "1", "1"])
+    speakers = {}
+    for split, per_word in (("train", 2), ("valid", 1), ("test", 1)):
+        labels = (out / f"{split}.label").read_text().splitlines()
+        assert sorted(labels) == sorted(demo_tasks.SPEECH_COMMANDS * per_word)
+        entries = audio_files(out / f"{split}.tsv")
+        assert len(entries) == len(labels) and all(path.is_file() and frames > 1000 for path, frames in entries)
+        assert all(path.parent.name == label for (path, _), label in zip(entries, labels))
+        speakers[split] = {path.stem.rsplit("_", 1)[0] for path, _ in entries}
+    assert not speakers["train"] & speakers["valid"] and not speakers["train"] & speakers["test"]
+    assert not speakers["valid"] & speakers["test"]
+    with pytest.raises(SystemExit):  # an existing task is never overwritten without --force
+        demo_tasks.main(["keywords", "--out", str(out)])
 
 
 def test_bad_manifest_line_is_named(tmp_path):
