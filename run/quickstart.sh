@@ -2,8 +2,8 @@
 # The main job, end to end on the built-in demo corpus, on CPU:
 #   set-up -> spoken demo corpus -> EH-MAM pretraining -> CTC fine-tuning on train_1h -> decode test, WER.
 # (examples/wav2vec2/tiny.yaml is the fairseq wav2vec 2.0 pretraining it replaced, kept as a baseline.)
-# Everything goes to outputs/quickstart/. Running it again resumes each stage from its last checkpoint
-# (finished stages return at once); pass --force to delete outputs/quickstart and start over.
+# Everything goes to outputs/quickstart/. Running it again skips finished stages and resumes an interrupted
+# one from its last checkpoint; pass --force to delete outputs/quickstart and start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=outputs/quickstart
@@ -13,14 +13,13 @@ elif [ -n "${1:-}" ]; then
     echo "usage: bash run/quickstart.sh [--force]" >&2
     exit 2
 fi
-start=$(date +%s)
-stage() { echo; echo "=== [quickstart $(( $(date +%s) - start ))s] $*"; }
+STAGES_NAME=quickstart
+source run/stages.sh
 
 stage "set-up"
 bash run/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 PY=.venv/bin/python
-TRAIN=.venv/bin/fairseq-hydra-train
 PLUGIN=$PWD/maskssl_fairseq
 DATA=$PWD/$OUT/demo/manifests
 
@@ -32,14 +31,12 @@ else
 fi
 
 stage "pretraining: EH-MAM (data2vec 2.0 + easy-to-hard masks), tiny, on demo pretrain -> $OUT/pretrain"
-$TRAIN --config-dir examples/eh_mam --config-name tiny \
-    common.user_dir="$PLUGIN" task.data="$DATA" \
-    checkpoint.save_dir="$PWD/$OUT/pretrain/checkpoints" hydra.run.dir="$PWD/$OUT/pretrain"
+train_stage "$OUT/pretrain" --config-dir examples/eh_mam --config-name tiny \
+    common.user_dir="$PLUGIN" task.data="$DATA"
 
 stage "CTC fine-tuning (fairseq wav2vec_ctc) on demo train_1h -> $OUT/finetune"
-$TRAIN --config-dir examples/eh_mam --config-name finetune_tiny \
-    common.user_dir="$PLUGIN" task.data="$DATA" model.w2v_path="$PWD/$OUT/pretrain/checkpoints/checkpoint_last.pt" \
-    checkpoint.save_dir="$PWD/$OUT/finetune/checkpoints" hydra.run.dir="$PWD/$OUT/finetune"
+train_stage "$OUT/finetune" --config-dir examples/eh_mam --config-name finetune_tiny \
+    common.user_dir="$PLUGIN" task.data="$DATA" model.w2v_path="$PWD/$OUT/pretrain/checkpoints/checkpoint_last.pt"
 
 stage "decoding demo test (greedy CTC)"
 # decoding is recomputed from the checkpoint, so replacing its previous output loses nothing

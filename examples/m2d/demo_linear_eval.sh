@@ -4,8 +4,8 @@
 #   set-up -> demo corpus with 2.5 h of unlabeled speech -> keyword task (the 35 Speech Commands words, test
 #   speakers unseen) and speaker task (30 speakers) -> M2D pretraining (demo_m2d.yaml, 6000 updates) ->
 #   linear evaluation, 3 runs each, of the pretrained and of random encoders -> a table.
-# Everything goes to outputs/m2d_linear_eval/. Running it again resumes the pretraining from its last checkpoint
-# and skips finished stages; pass --force to delete outputs/m2d_linear_eval and start over.
+# Everything goes to outputs/m2d_linear_eval/. Running it again skips finished stages and resumes an interrupted
+# pretraining from its last checkpoint; pass --force to delete outputs/m2d_linear_eval and start over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=outputs/m2d_linear_eval
@@ -15,8 +15,8 @@ elif [ -n "${1:-}" ]; then
     echo "usage: bash examples/m2d/demo_linear_eval.sh [--force]" >&2
     exit 2
 fi
-start=$(date +%s)
-stage() { echo; echo "=== [m2d linear eval $(( $(date +%s) - start ))s] $*"; }
+STAGES_NAME="m2d linear eval"
+source run/stages.sh
 
 stage "set-up"
 bash run/setup.sh
@@ -37,9 +37,8 @@ stage "classification tasks -> $OUT/keywords, $OUT/speakers"
 [ -f "$OUT/speakers/test.label" ] || $PY examples/m2d/demo_tasks.py speaker --manifests "$DATA" --out "$OUT/speakers" --force
 
 stage "M2D pretraining on the unlabeled split -> $OUT/pretrain"
-.venv/bin/fairseq-hydra-train --config-dir examples/m2d --config-name demo_m2d \
-    common.user_dir="$PWD/maskssl_fairseq" task.data="$DATA" \
-    checkpoint.save_dir="$PWD/$OUT/pretrain/checkpoints" hydra.run.dir="$PWD/$OUT/pretrain"
+train_stage "$OUT/pretrain" --config-dir examples/m2d --config-name demo_m2d \
+    common.user_dir="$PWD/maskssl_fairseq" task.data="$DATA"
 
 stage "linear evaluation: frozen clip embeddings, one linear layer, 3 runs"
 # recomputed from the checkpoint each time, so replacing earlier results loses nothing
