@@ -7,14 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=outputs/quickstart
-if [ "${1:-}" = "--force" ]; then
-    rm -rf "$OUT"
-elif [ -n "${1:-}" ]; then
-    echo "usage: bash run/quickstart.sh [--force]" >&2
-    exit 2
-fi
 STAGES_NAME=quickstart
-source run/stages.sh
+source run/stages.sh "$@"
 
 stage "set-up"
 bash run/setup.sh

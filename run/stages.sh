@@ -1,5 +1,11 @@
-# Shared by the end-to-end scripts (run/quickstart.sh, examples/m2d/demo_linear_eval.sh); source it from the
-# repository root after setting STAGES_NAME.
+# Shared by the end-to-end scripts (run/quickstart.sh, examples/m2d/demo_linear_eval.sh). From the repository
+# root, with OUT and STAGES_NAME set: source run/stages.sh "$@". The only argument a script takes is --force,
+# which deletes OUT to start over.
+case "${1:-}" in
+    --force) rm -rf "$OUT" ;;
+    "") ;;
+    *) echo "usage: bash $0 [--force]" >&2; exit 2 ;;
+esac
 STAGES_START=$(date +%s)
 
 stage() { echo; echo "=== [$STAGES_NAME $(( $(date +%s) - STAGES_START ))s] $*"; }

@@ -9,14 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=outputs/m2d_linear_eval
-if [ "${1:-}" = "--force" ]; then
-    rm -rf "$OUT"
-elif [ -n "${1:-}" ]; then
-    echo "usage: bash examples/m2d/demo_linear_eval.sh [--force]" >&2
-    exit 2
-fi
 STAGES_NAME="m2d linear eval"
-source run/stages.sh
+source run/stages.sh "$@"
 
 stage "set-up"
 bash run/setup.sh
