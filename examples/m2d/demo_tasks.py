@@ -117,4 +117,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:  # a missing manifest, a file outside the corpus layout
+        sys.exit(f"error: {error}")
