@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from maskssl_fairseq.models.eh_mam import EhMamConfig, EhMamModel
-from maskssl_fairseq.modules.data2vec2_audio import conv_output_lengths, instance_norm_average
+from maskssl_fairseq.modules.cnn_frontend import conv_output_lengths
+from maskssl_fairseq.modules.data2vec2_audio import instance_norm_average
 
 BACKBONE = dict(
     embed_dim=32, num_heads=4, depth=3, prenet_depth=1, average_top_k_layers=2,

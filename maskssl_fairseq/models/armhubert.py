@@ -24,9 +24,10 @@ import torch.nn as nn
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
-from fairseq.modules import GradMultiply, LayerNorm
+from fairseq.modules import LayerNorm
 
 from ..masking import span_mask
+from ..modules.cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
 from ..modules.hubert_teacher import HubertTeacher
 from ..modules.reuse_attention import ReuseTransformerEncoder, check_reuse_pattern
 
@@ -100,24 +101,6 @@ class ArmHubertConfig(FairseqDataclass):
     mask_channel_length: int = field(default=10, metadata={"help": "span length of the channel mask"})
 
 
-def parse_config_list(text: str, name: str) -> list:
-    """A list written as a python expression, fairseq's format for ``conv_feature_layers``-like fields."""
-    try:
-        value = eval(text, {"__builtins__": {}}, {"True": True, "False": False})  # noqa: S307
-    except Exception as err:
-        raise ValueError(f"model.{name}={text!r} is not a python list expression: {err}") from None
-    if not isinstance(value, list):
-        raise ValueError(f"model.{name}={text!r} must evaluate to a list, got {type(value).__name__}")
-    return value
-
-
-def conv_output_lengths(lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
-    """Frames that the conv front end makes from ``lengths`` samples."""
-    for _, kernel, stride in conv_layers:
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths
-
-
 @register_model("armhubert", dataclass=ArmHubertConfig)
 class ArmHubertModel(BaseFairseqModel):
     def __init__(self, cfg: ArmHubertConfig):
@@ -181,22 +164,12 @@ class ArmHubertModel(BaseFairseqModel):
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Waveform ``[B, S]`` (+ sample padding) -> features ``[B, T, D]``, frame padding ``[B, T]`` or None."""
-        if self.cfg.feature_grad_mult > 0:
-            features = self.feature_extractor(source)
-            if self.cfg.feature_grad_mult != 1.0:
-                features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                features = self.feature_extractor(source)
+        features = run_feature_extractor(self.feature_extractor, source, self.cfg.feature_grad_mult)
         features = self.layer_norm(features.transpose(1, 2))
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
         features = self.dropout_input(features)
-        frame_padding = None
-        if padding_mask is not None and padding_mask.any():
-            lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
-            frame_padding = torch.arange(features.size(1), device=features.device) >= lengths.unsqueeze(1)
-        return features, frame_padding
+        return features, frame_padding_mask(padding_mask, features.size(1), self.conv_layers)
 
     def apply_mask(
         self,

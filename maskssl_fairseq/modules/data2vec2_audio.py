@@ -2,7 +2,7 @@
 
 fairseq's own data2vec 2.0 code (``examples/data2vec``) does not import on Python 3.11 and needs the
 fairseq repository layout, so the pieces live here, written from the paper and its published
-configuration. fairseq's core is reused: the CNN feature extractor, ``SamePad``, ``GradMultiply``,
+configuration. fairseq's core is reused: the CNN feature extractor (through ``cnn_frontend``), ``SamePad``,
 ``EMAModule`` and the BERT initialisation; timm provides the MLP and stochastic depth.
 
 Pieces (shapes: B batch, T frames, D ``embed_dim``, H heads):
@@ -36,10 +36,11 @@ from timm.layers import DropPath, Mlp
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
-from fairseq.modules import EMAModule, EMAModuleConfig, GradMultiply, SamePad
+from fairseq.modules import EMAModule, EMAModuleConfig, SamePad
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from ..masking import span_mask
+from .cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
 
 
 @dataclass
@@ -323,13 +324,6 @@ class ContextEncoder(nn.Module):
         return not self.training or layerdrop == 0 or float(torch.rand(())) >= layerdrop
 
 
-def conv_output_lengths(lengths: torch.Tensor, layers: List[Tuple[int, int, int]]) -> torch.Tensor:
-    """Frames the CNN produces from ``lengths`` samples."""
-    for _, kernel, stride in layers:
-        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-    return lengths
-
-
 def instance_norm_average(layer_results: List[torch.Tensor], top_k: int, instance_norm: bool) -> torch.Tensor:
     """data2vec 2.0 target: mean of the last ``top_k`` layers, each instance-normalised over time, in fp32."""
     layers = [t.float() for t in layer_results[-top_k:]]
@@ -370,7 +364,7 @@ class Data2Vec2AudioModel(BaseFairseqModel):
     def __init__(self, cfg: Data2Vec2AudioConfig):
         super().__init__()
         self.cfg = cfg
-        self.conv_layers = eval(cfg.feature_encoder_spec)
+        self.conv_layers = parse_config_list(cfg.feature_encoder_spec, "feature_encoder_spec")
         feature_dim = self.conv_layers[-1][0]
         self.feature_extractor = ConvFeatureExtractionModel(
             conv_layers=self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=False
@@ -431,22 +425,11 @@ class Data2Vec2AudioModel(BaseFairseqModel):
 
     def local_features(self, source: torch.Tensor) -> torch.Tensor:
         """``[B, samples] -> [B, T, D]``: CNN (gradient scaled by ``local_grad_mult``) and projection."""
-        mult = self.cfg.local_grad_mult
-        if mult > 0:
-            features = self.feature_extractor(source)
-            if mult != 1.0:
-                features = GradMultiply.apply(features, mult)
-        else:
-            with torch.no_grad():
-                features = self.feature_extractor(source)
+        features = run_feature_extractor(self.feature_extractor, source, self.cfg.local_grad_mult)
         return self.project_features(features.transpose(1, 2))
 
     def frame_padding_mask(self, source_padding: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
-        """Sample-level padding ``[B, samples]`` -> frame-level ``[B, T]`` (True at padding) or None."""
-        if source_padding is None or not source_padding.any():
-            return None
-        lengths = conv_output_lengths((~source_padding).long().sum(-1), self.conv_layers)
-        return torch.arange(frames, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)
+        return frame_padding_mask(source_padding, frames, self.conv_layers)
 
     def decoder_input(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Student output at the kept frames ``[B, T', D]`` -> ``[B, T, D]`` with noise tokens at masked frames."""

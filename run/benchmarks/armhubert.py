@@ -24,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 
 import maskssl_fairseq  # noqa: F401  (registers the model)
-from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel, parse_config_list
+from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel
+from maskssl_fairseq.modules.cnn_frontend import parse_config_list
 from maskssl_fairseq.modules.reuse_attention import MapAttention, ReuseAttention
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "armhubert"
