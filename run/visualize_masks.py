@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     frontend = LogMelSpectrogram()
     frontend.set_norm_stats(*M2D_DEFAULT_STATS)
     samples = (args.frames - 1) * frontend.hop_length
-    waveform = load_audio(args.audio, 16000, str(args.audio))[:samples]
+    waveform = load_audio(args.audio, 16000, str(args.audio), samples)
     waveform = torch.nn.functional.pad(waveform, (0, samples - waveform.shape[0]))
     spectrogram = frontend(waveform.unsqueeze(0))[..., : args.frames].unsqueeze(1)  # [1, 1, 80, frames]
     grid = (spectrogram.shape[2] // 16, spectrogram.shape[3] // 16)

@@ -27,13 +27,24 @@ from ..data.manifests import read_manifest
 logger = logging.getLogger(__name__)
 
 
-def load_audio(path: Path, sample_rate: int, where: str, offset: int = 0, frames: int = -1) -> torch.Tensor:
-    """Mono float32 waveform of ``frames`` samples from ``offset`` (at the file's rate), resampled.
+def load_audio(
+    path: Path, sample_rate: int, where: str, max_samples: Optional[int] = None, rng: Optional[np.random.Generator] = None
+) -> torch.Tensor:
+    """Mono float32 waveform at ``sample_rate``: the whole file, or a window of at most ``max_samples``.
 
-    ``where`` (``manifest:line``) goes into the error message when the file cannot be read.
+    The window starts at a sample drawn from ``rng`` (at the start without one) and only what it needs is read,
+    counted at the file's own rate, from a file opened once. ``where`` (``manifest:line``) goes into the error
+    message when the file cannot be read.
     """
     try:
-        audio, rate = soundfile.read(str(path), start=offset, frames=frames, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as audio_file:
+            rate, offset, frames = audio_file.samplerate, 0, -1
+            if max_samples is not None:
+                frames = math.ceil(max_samples * rate / sample_rate) + 1
+                if rng is not None and audio_file.frames > frames:
+                    offset = int(rng.integers(0, audio_file.frames - frames + 1))
+                audio_file.seek(offset)
+            audio = audio_file.read(frames, dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as error:  # soundfile.LibsndfileError is a RuntimeError
         raise RuntimeError(f"{where}: cannot read {path}: {error}") from error
     if audio.shape[0] == 0:
@@ -41,7 +52,7 @@ def load_audio(path: Path, sample_rate: int, where: str, offset: int = 0, frames
     waveform = torch.from_numpy(audio.mean(axis=1))
     if rate != sample_rate:
         waveform = torchaudio.functional.resample(waveform, rate, sample_rate)
-    return waveform
+    return waveform if max_samples is None else waveform[:max_samples]
 
 
 class WaveformCropDataset(FairseqDataset):
@@ -66,19 +77,10 @@ class WaveformCropDataset(FairseqDataset):
         return len(self.entries)
 
     def crop(self, index: int, epoch: int) -> torch.Tensor:
-        relative, num_samples = self.entries[index]
-        path = self.root / relative
-        where = f"{self.manifest}:{index + 2}"
-        try:
-            rate = soundfile.info(str(path)).samplerate
-        except (RuntimeError, OSError) as error:
-            raise RuntimeError(f"{where}: cannot read {path}: {error}") from error
-        # read only what the crop needs, counted at the file's own rate
-        needed = math.ceil(self.crop_samples * rate / self.sample_rate) + 1
+        relative, _ = self.entries[index]
         rng = np.random.default_rng((self.seed, epoch if self.random_crop else 0, index))
-        offset = int(rng.integers(0, num_samples - needed + 1)) if num_samples > needed else 0
-        waveform = load_audio(path, self.sample_rate, where, offset, min(needed, num_samples))
-        waveform = waveform[: self.crop_samples]
+        waveform = load_audio(self.root / relative, self.sample_rate, f"{self.manifest}:{index + 2}",
+                              self.crop_samples, rng)
         return torch.nn.functional.pad(waveform, (0, self.crop_samples - waveform.shape[0]))
 
     def __getitem__(self, index: int) -> dict:
