@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .span import spans_from_starts, top_k_mask, valid_frames
+from .span import masked_frame_budget, span_starts_allowed, spans_from_starts, top_k_mask, valid_frames
 
 
 def _random_span_starts(
@@ -65,14 +65,11 @@ def easy_to_hard_mask(
         raise ValueError(f"span must be at least 1, got {span}")
     batch, length = scores.shape
     valid = valid_frames(batch, length, padding_mask, scores.device)
-    valid_lengths = valid.sum(dim=1)
-    shortest = int(valid_lengths.min()) if batch > 0 else 0
-    count = int(mask_prob * shortest)
+    _, count = masked_frame_budget(valid, mask_prob)
     if count == 0:
         return torch.zeros(batch, length, dtype=torch.bool, device=scores.device)
 
-    positions = torch.arange(length, device=scores.device)
-    can_start = valid & (positions.unsqueeze(0) <= (valid_lengths - span).clamp(min=0).unsqueeze(1))
+    can_start = span_starts_allowed(valid, span)
 
     num_hard = min(int(hard_fraction * count / span + 0.5), count // span)
     hard_priority = scores.detach().float().masked_fill(~can_start, -math.inf)

@@ -5,12 +5,12 @@ fairseq's ``compute_mask_indices`` is numpy, loops over the batch in Python, cra
 ``int(mask_prob * shortest valid length)`` masked frames, as data2vec 2.0's block masking does, and the
 spans are drawn on the device of the data.
 
-The helpers ``spans_from_starts``, ``top_k_mask`` and ``exact_count`` are shared by the other span-based
-strategies (for example the easy-to-hard mask).
+The helpers (``masked_frame_budget``, ``span_starts_allowed``, ``spans_from_starts``, ``top_k_mask``, ...)
+are shared by the other span-based strategies (for example the easy-to-hard mask).
 """
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,18 @@ def valid_frames(
     if padding_mask.shape != (batch, length):
         raise ValueError(f"padding_mask has shape {tuple(padding_mask.shape)}, expected {(batch, length)}")
     return ~padding_mask.bool()
+
+
+def masked_frame_budget(valid: torch.Tensor, mask_prob: float) -> Tuple[int, int]:
+    """``(shortest valid length L, int(mask_prob * L))``: every row of ``valid [B, T]`` masks that many frames."""
+    shortest = int(valid.sum(dim=1).min()) if valid.shape[0] > 0 else 0
+    return shortest, int(mask_prob * shortest)
+
+
+def span_starts_allowed(valid: torch.Tensor, span: int) -> torch.Tensor:
+    """Boolean ``[B, T]``: where a span of ``span`` frames may start and still fit in the row's valid frames."""
+    positions = torch.arange(valid.shape[1], device=valid.device)
+    return valid & (positions.unsqueeze(0) <= (valid.sum(dim=1) - span).clamp(min=0).unsqueeze(1))
 
 
 def top_k_mask(priority: torch.Tensor, k: int) -> torch.Tensor:
@@ -101,16 +113,12 @@ def span_mask(
     if device is None and padding_mask is not None:
         device = padding_mask.device
     valid = valid_frames(batch, length, padding_mask, device)
-    valid_lengths = valid.sum(dim=1)
-    shortest = int(valid_lengths.min()) if batch > 0 else 0
-    count = int(mask_prob * shortest)
+    shortest, count = masked_frame_budget(valid, mask_prob)
     if count == 0:
         return torch.zeros(batch, length, dtype=torch.bool, device=valid.device)
 
     num_spans = spans_for_coverage(count / shortest, span, shortest)
-    # a span may start wherever it fits inside the row's valid frames
-    positions = torch.arange(length, device=valid.device)
-    can_start = valid & (positions.unsqueeze(0) <= (valid_lengths - span).clamp(min=0).unsqueeze(1))
+    can_start = span_starts_allowed(valid, span)
     start_noise = torch.rand(batch, length, generator=generator, device=valid.device)
     starts = top_k_mask(start_noise.masked_fill(~can_start, -1.0), num_spans) & can_start
     return exact_count(spans_from_starts(starts, span) & valid, count, valid, generator)
