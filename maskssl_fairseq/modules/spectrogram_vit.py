@@ -136,7 +136,7 @@ class SpectrogramViT(nn.Module):
 class MaskedTokenPredictor(nn.Module):
     """MAE decoder / M2D predictor: fills mask tokens in, runs a narrow transformer, predicts masked positions.
 
-    ``forward(encoded [B, 1 + Nv, D], order, num_patches)`` -> ``[B, Nm, out_dim]`` for the masked positions
+    ``forward(encoded [B, 1 + Nv, D], order [B, N])`` -> ``[B, Nm, out_dim]`` for the masked positions
     in ``order`` (ascending position).
     """
 
