@@ -43,6 +43,8 @@ def test_every_method_has_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_config_fields_exist(path: Path):
     config = OmegaConf.load(path)
+    # hydra's own section is not fairseq's; without chdir a relative common.user_dir fails once hydra.run.dir is set
+    assert config.pop("hydra").job.chdir is False, f"{path}: add 'hydra: {{job: {{chdir: false}}}}'"
     OmegaConf.merge(OmegaConf.structured(FairseqConfig), config)  # common, dataset, optimization, checkpoint, ...
     for group in COMPONENTS:
         check_component(group, config[group], f"{path} {group}")
