@@ -44,7 +44,9 @@ def test_every_method_has_configs():
 def test_config_fields_exist(path: Path):
     config = OmegaConf.load(path)
     # hydra's own section is not fairseq's; without chdir a relative common.user_dir fails once hydra.run.dir is set
-    assert config.pop("hydra").job.chdir is False, f"{path}: add 'hydra: {{job: {{chdir: false}}}}'"
+    chdir = OmegaConf.select(config, "hydra.job.chdir")
+    assert chdir is False, f"{path}: add 'hydra: {{job: {{chdir: false}}}}'"
+    config.pop("hydra")
     OmegaConf.merge(OmegaConf.structured(FairseqConfig), config)  # common, dataset, optimization, checkpoint, ...
     for group in COMPONENTS:
         check_component(group, config[group], f"{path} {group}")
