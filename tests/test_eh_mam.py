@@ -41,13 +41,13 @@ def test_hard_fraction_zero_has_the_statistics_of_random_span_masking():
     assert abs(ours[torch.arange(batch), top].float().mean() - 0.5) < 0.05
 
 
-def test_hard_spans_start_on_the_top_scored_frames():
+def test_start_selection_starts_hard_spans_on_the_top_scored_frames():
     length, span = 200, 5
     scores = torch.rand(3, length, generator=seeded(4))
     peaks = torch.tensor([[10, 50, 90, 130, 170, 30], [5, 60, 100, 150, 180, 77], [0, 40, 80, 120, 160, 190]])
     scores.scatter_(1, peaks, torch.arange(10.0, 16.0).expand(3, -1))
     mask_prob = 0.3  # 60 frames: a budget of 12 spans, 6 of them hard at hard_fraction 0.5
-    mask = easy_to_hard_mask(scores, mask_prob, span, 0.5, generator=seeded(5))
+    mask = easy_to_hard_mask(scores, mask_prob, span, 0.5, hard_selection="start", generator=seeded(5))
     assert mask.sum(1).eq(60).all()
     for row in range(3):
         for start in peaks[row].tolist():
@@ -55,7 +55,7 @@ def test_hard_spans_start_on_the_top_scored_frames():
             assert mask[row, first:first + span].all(), (row, start)
     # with hard_fraction 1 every span of the budget starts on a top-12 frame
     scores = torch.rand(2, length, generator=seeded(6))
-    mask = easy_to_hard_mask(scores, mask_prob, span, 1.0, generator=seeded(7))
+    mask = easy_to_hard_mask(scores, mask_prob, span, 1.0, hard_selection="start", generator=seeded(7))
     for row in range(2):
         top = scores[row, : length - span + 1].topk(12).indices
         covered = torch.zeros(length, dtype=torch.bool)
@@ -76,11 +76,11 @@ def test_equal_counts_and_padding_never_masked(hard_fraction, mask_prob):
     assert not (mask & padding).any()
 
 
-def test_clones_share_hard_spans_and_draw_their_own_random_spans():
+def test_clones_share_hard_starts_and_draw_their_own_random_spans():
     clones, length = 4, 150
     scores = torch.rand(2, length, generator=seeded(10)).repeat_interleave(clones, 0)
-    mask = easy_to_hard_mask(scores, 0.5, 5, 0.4, generator=seeded(11))
-    hard = easy_to_hard_mask(scores, 0.5, 5, 0.4, generator=seeded(12)) & mask
+    mask = easy_to_hard_mask(scores, 0.5, 5, 0.4, hard_selection="start", generator=seeded(11))
+    hard = easy_to_hard_mask(scores, 0.5, 5, 0.4, hard_selection="start", generator=seeded(12)) & mask
     for utterance in range(2):
         rows = mask[utterance * clones:(utterance + 1) * clones]
         shared = rows.all(0)

@@ -5,8 +5,8 @@ Per training step:
 1. the CNN runs once; the EMA teacher contextualises the full, unmasked sequence, averages its
    instance-normalised top-K FFN outputs into targets, and its copy of the loss predictor scores every
    frame;
-2. the student's mask keeps data2vec 2.0's budget (``mask_prob``, ``mask_length``) and starts a share
-   ``hard_fraction`` of the spans on the top-scored frames (:func:`maskssl_fairseq.masking.easy_to_hard_mask`);
+2. the student's mask keeps data2vec 2.0's budget (``mask_prob``, ``mask_length``) and places a share
+   ``hard_fraction`` of the spans on the top-scored regions (``hard_selection``) (:func:`maskssl_fairseq.masking.easy_to_hard_mask`);
    ``hard_fraction`` ramps linearly with ``num_updates`` (easy to hard), so it resumes exactly;
 3. the student encodes the unmasked frames, the regression decoder predicts the targets at the masked
    frames (data2vec 2.0 loss) and the student's loss predictor is trained with the pairwise ranking loss
@@ -35,6 +35,7 @@ from ..modules.loss_predictor import LossPredictor, pairwise_ranking_loss
 
 HARD_FRACTION_SCHEDULES = ChoiceEnum(["linear", "constant"])
 LOSS_PREDICTOR_INPUTS = ChoiceEnum(["targets", "final_layer"])
+HARD_SELECTIONS = ChoiceEnum(["window", "start"])
 
 
 @dataclass
@@ -46,6 +47,11 @@ class EhMamConfig(Data2Vec2AudioConfig):
     )
     hard_fraction_schedule: HARD_FRACTION_SCHEDULES = field(
         default="linear", metadata={"help": "linear: start -> end over the ramp; constant: end from the first update"}
+    )
+    hard_selection: HARD_SELECTIONS = field(
+        default="window",
+        metadata={"help": "window: the hard spans are the best non-overlapping windows by mean score; start: "
+                          "they start on the top-scored frames (official code)"},
     )
     ranking_loss_weight: float = field(default=0.05, metadata={"help": "alpha: weight of the ranking loss"})
     loss_predictor_input: LOSS_PREDICTOR_INPUTS = field(
@@ -101,7 +107,7 @@ class EhMamModel(Data2Vec2AudioModel):
         # clones share the teacher's scores, so their hard spans coincide and their random spans differ
         scores = teacher_out["scores"].repeat_interleave(self.cfg.clone_batch, 0)
         return easy_to_hard_mask(scores, self.cfg.mask_prob, self.cfg.mask_length, self.hard_fraction(),
-                                 padding_mask=padding_mask)
+                                 hard_selection=self.cfg.hard_selection, padding_mask=padding_mask)
 
     def extra_losses(self, result, decoder_input, frame_loss, mask, teacher_out) -> None:
         result["hard_fraction"] = self.hard_fraction()

@@ -7,7 +7,11 @@ teacher update, timed alternately (A, B, A, B ...) so that machine noise hits bo
 runs with hard fraction 0.5 (teacher scoring, adaptive mask and ranking loss all active). The ratio of the
 median step times is the figure to read (target: at most 1.10); on CPU the process CPU time is reported
 beside the wall time, as it is far less sensitive to other jobs on a shared machine. Mask generation is timed on its own:
-``easy_to_hard_mask`` on the teacher's scores against data2vec 2.0's ``span_mask``.
+``easy_to_hard_mask`` (both ``hard_selection`` choices) on the teacher's scores against data2vec 2.0's
+``span_mask``.
+
+    python run/bench.py eh_mam --masks-only --mask-shape 64 999   # mask times only, at a given [B, T]
+    python run/bench.py eh_mam --hard-share                       # the hard-frame share table of the README
 """
 
 import statistics
@@ -38,6 +42,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast dtype (CUDA: bf16/fp16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--masks-only", action="store_true", help="time the masks only, skip the training steps")
+    parser.add_argument("--mask-shape", type=int, nargs=2, metavar=("B", "T"),
+                        help="[B, T] for the mask timing (default: the batch's frames)")
+    parser.add_argument("--hard-share", action="store_true",
+                        help="print the share of masked frames in the top-scored half (README table) and exit")
 
 
 def build(size: str, clone_batch: int, eh_mam: bool, seed: int, device: str):
@@ -72,29 +81,68 @@ def train_step(model, optimizer, source, step: int, dtype, device: str):
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def time_masks(model, source, device: str, repeats: int = 20):
+def time_masks(rows: int, frames: int, mask_prob: float, span: int, device: str, repeats: int = 20):
     from maskssl_fairseq.masking import easy_to_hard_mask, span_mask
 
-    with torch.no_grad():
-        frames = model.local_features(source[:1]).size(1)
-    rows = source.size(0) * model.cfg.clone_batch
     scores = torch.randn(rows, frames, device=device)
-    timings = {"easy_to_hard_mask": [], "span_mask": []}
+    draws = {
+        "easy_to_hard window": lambda: easy_to_hard_mask(scores, mask_prob, span, 0.5, hard_selection="window"),
+        "easy_to_hard start": lambda: easy_to_hard_mask(scores, mask_prob, span, 0.5, hard_selection="start"),
+        "span_mask": lambda: span_mask(rows, frames, mask_prob, span, device=device),
+    }
+    timings = {name: [] for name in draws}
     for _ in range(repeats):
-        for name, draw in (
-            ("easy_to_hard_mask", lambda: easy_to_hard_mask(scores, model.cfg.mask_prob, model.cfg.mask_length, 0.5)),
-            ("span_mask", lambda: span_mask(rows, frames, model.cfg.mask_prob, model.cfg.mask_length, device=device)),
-        ):
+        for name, draw in draws.items():
             synchronize(device)
             start = time.perf_counter()
             draw()
             synchronize(device)
             timings[name].append(time.perf_counter() - start)
-    return rows, frames, {k: statistics.median(v) for k, v in timings.items()}
+    return {k: statistics.median(v) for k, v in timings.items()}
+
+
+def print_mask_times(rows: int, frames: int, mask_prob: float, span: int, device: str) -> None:
+    print(f"  mask generation for [{rows}, {frames}] (hard fraction 0.5):")
+    for name, value in time_masks(rows, frames, mask_prob, span, device).items():
+        print(f"    {name:20s} median {value * 1000:8.3f} ms")
+
+
+def print_hard_share_table(seeds: int = 10) -> None:
+    """B=16, T=500, mask_prob 0.5, span 5; scores: uniform noise averaged over w frames."""
+    import torch.nn.functional as F
+
+    from maskssl_fairseq.masking import easy_to_hard_mask
+
+    fractions, widths = (0.0, 0.7, 1.0), (1, 7, 25)
+    print(f"share of masked frames in the top-scored half (B=16, T=500, mask_prob 0.5, span 5, {seeds} seeds)")
+    print("| selection | scores | " + " | ".join(f"hard_fraction {f:g}" for f in fractions) + " |")
+    print("|---|---|" + "---|" * len(fractions))
+    for selection in ("window", "start"):
+        for width in widths:
+            shares = []
+            for fraction in fractions:
+                total = 0.0
+                for seed in range(seeds):
+                    generator = torch.Generator().manual_seed(seed)
+                    noise = torch.rand(16, 1, 500 + width - 1, generator=generator)
+                    scores = F.avg_pool1d(noise, width, stride=1).squeeze(1)
+                    mask = easy_to_hard_mask(scores, 0.5, 5, fraction, hard_selection=selection, generator=generator)
+                    top = scores >= scores.median(dim=1, keepdim=True).values
+                    total += float((mask & top).sum() / mask.sum())
+                shares.append(total / seeds)
+            print(f"| {selection} | w={width} | " + " | ".join(f"{v:.2f}" for v in shares) + " |")
 
 
 def main(args) -> None:
     device, dtype = args.device, DTYPES[args.dtype]
+    if args.hard_share:
+        print_hard_share_table()
+        return
+    mask_prob, span = 0.5, 5  # data2vec 2.0 / EH-MAM pretraining
+    if args.masks_only:
+        rows, frames = args.mask_shape or (args.batch * args.clone_batch, int(args.seconds * 50))
+        print_mask_times(rows, frames, mask_prob, span, device)
+        return
     generator = torch.Generator().manual_seed(args.seed)
     source = torch.randn(args.batch, int(args.seconds * 16000), generator=generator).to(device)
     runs = {
@@ -118,7 +166,8 @@ def main(args) -> None:
             print(f"  {name:10s} step  median {clock} {value * 1000:9.1f} ms")
         print(f"  ratio eh_mam / data2vec2 ({clock} time): {median['eh_mam'] / median['data2vec2']:.3f}"
               "  (target <= 1.10)")
-    rows, frames, masks = time_masks(runs["eh_mam"][0], source, device)
-    print(f"  mask generation for [{rows}, {frames}]:")
-    for name, value in masks.items():
-        print(f"    {name:18s} median {value * 1000:8.3f} ms")
+    model = runs["eh_mam"][0]
+    with torch.no_grad():
+        frames = model.local_features(source[:1]).size(1)
+    rows, frames = args.mask_shape or (args.batch * args.clone_batch, frames)
+    print_mask_times(rows, frames, model.cfg.mask_prob, model.cfg.mask_length, device)
