@@ -6,8 +6,9 @@ transformer whose reuse layers (``model.reuse_attention``) take the attention ma
 layer (:mod:`maskssl_fairseq.modules.reuse_attention`), and one ``Linear(D -> teacher width)`` head per layer.
 
 In training, ``forward`` draws one span mask and gives it to both networks: the student sees the masked input,
-the frozen teacher (:class:`~maskssl_fairseq.modules.hubert_teacher.HubertTeacher`) runs on the clean and on the
-masked input; the criterion ``armhubert_distillation`` regresses the heads on these targets.
+the frozen teacher (a fairseq HuBERT, :class:`~maskssl_fairseq.modules.hubert_teacher.HubertTeacher`, or a WavLM,
+:class:`~maskssl_fairseq.modules.wavlm_teacher.WavLMTeacher`, for ARMwavLM) runs on the clean and on the masked
+input with its own frame padding; the criterion ``armhubert_distillation`` regresses the heads on these targets.
 
 The teacher is loaded from ``model.teacher_path`` at the first distillation step, not when the model is built:
 fairseq builds the model the same way when a checkpoint is fine-tuned (``wav2vec_ctc``) or evaluated, and then
@@ -29,11 +30,16 @@ from fairseq.modules import LayerNorm
 from ..masking import span_mask
 from ..modules.cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
 from ..modules.hubert_teacher import HubertTeacher
+from ..modules.speech_teacher import FrozenTeacher, checkpoint_kind
 from ..modules.reuse_attention import ReuseTransformerEncoder, check_reuse_pattern
 
 logger = logging.getLogger(__name__)
 
 TWO_BY_SIX = "[False, True] * 6"  # the paper's 2by6: layers 2, 4, ..., 12 reuse the map of the layer before
+# the released code masks with fairseq's compute_mask_indices under the teacher's overridden masking config
+# (conf/*/armhubert*.yaml teacher: mask_selection uniform, mask_other 0, no_mask_overlap, mask_min_space 1)
+# and HuBERT's apply_mask (min_masks 2, require_same_masks)
+RELEASED_MASK = dict(mask_type="uniform", mask_other=0.0, min_masks=2, no_overlap=True, min_space=1, same_count=True)
 FITHUBERT_CONV = "[(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 + [({d}, 1, 1)] + [({d}, 2, 2)] * 2"
 
 
@@ -41,8 +47,12 @@ FITHUBERT_CONV = "[(128, 10, 5)] + [(256, 1, 1)] + [(256, 3, 2)] * 4 + [({d}, 1,
 class ArmHubertConfig(FairseqDataclass):
     teacher_path: Optional[str] = field(
         default=None,
-        metadata={"help": "fairseq HuBERT checkpoint to distil (loaded at the first distillation step; "
-                          "not needed to fine-tune or evaluate the student)"},
+        metadata={"help": "teacher to distil: a fairseq HuBERT checkpoint, or a WavLM (the original authors' "
+                          "WavLM-Base.pt, a torchaudio state dict or a HuggingFace directory); loaded at the first "
+                          "distillation step, not needed to fine-tune or evaluate the student"},
+    )
+    teacher_type: ChoiceEnum(["auto", "hubert", "wavlm"]) = field(
+        default="auto", metadata={"help": "the teacher's kind; auto reads it from the checkpoint's contents"}
     )
     teacher_embed_dim: int = field(
         default=768, metadata={"help": "width of the teacher's layer outputs = output width of the heads"}
@@ -95,10 +105,28 @@ class ArmHubertConfig(FairseqDataclass):
         metadata={"help": "fraction of frames masked (exactly, per utterance); 0.8 for 960 h, 0.4 for 100 h"},
     )
     mask_length: int = field(default=10, metadata={"help": "span length of the time mask in frames"})
+    mask_style: ChoiceEnum(["exact", "fairseq"]) = field(
+        default="exact",
+        metadata={"help": "distillation mask. fairseq: the released code's (fairseq compute_mask_indices under the "
+                          "teacher's overridden config: span lengths uniform in 0..2*mask_length, no overlap, "
+                          "min_space 1, min_masks 2, every row cut to the batch minimum; masks less than "
+                          "mask_prob). exact: span_mask, exactly mask_prob of the shortest row in spans of "
+                          "mask_length. Fine-tuning masks are always exact"},
+    )
     mask_channel_prob: float = field(
         default=0.0, metadata={"help": "fraction of channels zeroed when fine-tuning with masking"}
     )
     mask_channel_length: int = field(default=10, metadata={"help": "span length of the channel mask"})
+
+
+def load_teacher(path: str, teacher_type: str = "auto") -> FrozenTeacher:
+    """A frozen HuBERT or WavLM teacher; ``teacher_type`` (``model.teacher_type``) is checked against the file."""
+    from ..modules.wavlm_teacher import WavLMTeacher  # torchaudio, only when distilling
+
+    found = checkpoint_kind(path)
+    if teacher_type != "auto" and teacher_type != found:
+        raise ValueError(f"model.teacher_type={teacher_type} but model.teacher_path={path} holds a {found} model")
+    return WavLMTeacher.from_checkpoint(path) if found == "wavlm" else HubertTeacher.from_checkpoint(path)
 
 
 @register_model("armhubert", dataclass=ArmHubertConfig)
@@ -135,12 +163,12 @@ class ArmHubertModel(BaseFairseqModel):
         return cls(cfg)
 
     # ----------------------------------------------------------------------------------------- teacher
-    def load_teacher(self) -> HubertTeacher:
+    def load_teacher(self) -> FrozenTeacher:
         """The frozen teacher, loaded on first use, on the student's device and in its parameter dtype."""
         if self.teacher is None:
             if not self.teacher_path:
-                raise ValueError("model.teacher_path is not set: distillation needs a fairseq HuBERT checkpoint")
-            teacher = HubertTeacher.from_checkpoint(self.teacher_path)
+                raise ValueError("model.teacher_path is not set: distillation needs a HuBERT or WavLM checkpoint")
+            teacher = load_teacher(self.teacher_path, self.cfg.teacher_type)
             if teacher.embed_dim != self.cfg.teacher_embed_dim:
                 raise ValueError(
                     f"model.teacher_embed_dim={self.cfg.teacher_embed_dim} but the teacher {self.teacher_path} "
@@ -151,7 +179,8 @@ class ArmHubertModel(BaseFairseqModel):
                     f"model.encoder_layers={self.cfg.encoder_layers} but the teacher {self.teacher_path} has "
                     f"{teacher.num_layers} layers: each student layer distils the teacher layer of the same index"
                 )
-            logger.info(f"loaded the HuBERT teacher {self.teacher_path} ({teacher.num_layers} x {teacher.embed_dim})")
+            logger.info(f"loaded the {type(teacher).__name__} {self.teacher_path} "
+                        f"({teacher.num_layers} x {teacher.embed_dim})")
             object.__setattr__(self, "teacher", teacher)
         reference = self.mask_emb
         teacher_param = next(self.teacher.parameters())
@@ -190,6 +219,19 @@ class ArmHubertModel(BaseFairseqModel):
             features = features.masked_fill(channels.unsqueeze(1), 0.0)
         return features, mask
 
+    def distillation_mask(
+        self, shape: Tuple[int, int], teacher_padding: Optional[torch.Tensor], device: torch.device
+    ) -> torch.Tensor:
+        """Frame mask ``[B, T]`` shared by student and teacher, in ``model.mask_style``."""
+        batch, length = shape
+        if self.cfg.mask_style == "fairseq":
+            from ..masking.wav2vec2 import wav2vec2_span_mask
+
+            return wav2vec2_span_mask(batch, length, self.cfg.mask_prob, self.cfg.mask_length, **RELEASED_MASK,
+                                      padding_mask=teacher_padding, device=device)
+        return span_mask(batch, length, self.cfg.mask_prob, self.cfg.mask_length, padding_mask=teacher_padding,
+                         device=device)
+
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, **kwargs) -> Dict:
         """Distillation step: student predictions and teacher targets for every layer.
 
@@ -203,9 +245,13 @@ class ArmHubertModel(BaseFairseqModel):
             raise ValueError("model.encoder_layerdrop must be 0 for distillation: every layer has a target")
         teacher = self.load_teacher()
         features, frame_padding = self.front_end(source, padding_mask)
-        mask_prob = self.cfg.mask_prob if self.training else 0.0
-        features, mask = self.apply_mask(features, frame_padding, mask_prob)
-        targets, masked_targets = teacher.layer_outputs(source, frame_padding, mask)
+        mask = None
+        if self.training and self.cfg.mask_prob > 0:
+            # the mask is the teacher's, drawn over the frames its own padding rule leaves
+            teacher_padding = teacher.frame_padding(padding_mask, features.size(1))
+            mask = self.distillation_mask(features.shape[:2], teacher_padding, features.device)
+            features = torch.where(mask.unsqueeze(-1), self.mask_emb.to(features.dtype), features)
+        targets, masked_targets = teacher.layer_outputs(source, padding_mask, mask)
         if targets[0].shape[:2] != features.shape[:2]:
             raise ValueError(
                 f"the student makes {features.size(1)} frames and the teacher {targets[0].size(1)}: "

@@ -2,21 +2,23 @@
 
 The checkpoint is loaded with fairseq's own ``checkpoint_utils`` (its dictionaries come from the checkpoint's
 task state, so no label files are needed). fairseq's ``HubertModel.forward`` discards the per-layer outputs,
-so the front end is run here step by step with the model's own modules and the encoder's
-``extract_features`` returns the layer results; fairseq itself is not modified.
+so the front end is run here step by step with the model's own modules (its frame padding from HuBERT's own
+``forward_padding_mask``, as the released ARMHuBERT teacher has it) and the encoder's ``extract_features``
+returns the layer results; fairseq itself is not modified.
 """
 
 import pickle
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
-import torch.nn as nn
 from fairseq import checkpoint_utils
 from fairseq.models.hubert import HubertModel
 
+from .speech_teacher import FrozenTeacher
 
-class HubertTeacher(nn.Module):
+
+class HubertTeacher(FrozenTeacher):
     """Frozen HuBERT teacher: eval mode always, no layerdrop, no sequence padding, no gradients."""
 
     def __init__(self, model: HubertModel):
@@ -54,47 +56,22 @@ class HubertTeacher(nn.Module):
     def num_layers(self) -> int:
         return len(self.model.encoder.layers)
 
-    def train(self, mode: bool = True) -> "HubertTeacher":
-        """Stays in eval mode whatever fairseq asks: dropout would make the targets noisy."""
-        return super().train(False)
+    @property
+    def mask_embedding(self) -> torch.Tensor:
+        return self.model.mask_emb
 
-    @torch.no_grad()
-    def layer_outputs(
-        self,
-        source: torch.Tensor,
-        padding_mask: Optional[torch.Tensor] = None,
-        mask: Optional[torch.Tensor] = None,
-    ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
-        """Every layer's output ``[B, T, C]`` on the clean input and, if ``mask`` is given, on the masked input.
-
-        Args:
-            source: waveform ``[B, S]``.
-            padding_mask: frame-level padding ``[B, T]`` (True = padding), shared with the student so that
-                both see the same valid frames.
-            mask: frames ``[B, T]`` replaced by the teacher's own learnt mask embedding, after the front end
-                exactly where HuBERT masks during its pretraining.
-
-        Returns:
-            (outputs on the clean input, outputs on the masked input or None)
-        """
+    def project(self, source: torch.Tensor) -> torch.Tensor:
         model = self.model
-        features = model.forward_features(source).transpose(1, 2)
-        features = model.layer_norm(features)
+        features = model.layer_norm(model.forward_features(source).transpose(1, 2))
         if model.post_extract_proj is not None:
             features = model.post_extract_proj(features)
-        if padding_mask is not None and padding_mask.shape != features.shape[:2]:
-            raise ValueError(
-                f"the teacher makes {features.shape[1]} frames but the padding mask has {padding_mask.shape[1]}"
-            )
-        batch = features.size(0)
-        if mask is not None:
-            masked = features.clone()
-            masked[mask] = model.mask_emb.to(masked.dtype)
-            features = torch.cat([features, masked])  # one encoder pass for both views
-            if padding_mask is not None:
-                padding_mask = torch.cat([padding_mask, padding_mask])
-        _, layer_results = model.encoder.extract_features(features, padding_mask=padding_mask, tgt_layer=None)
-        outputs = [result[0].transpose(0, 1) for result in layer_results]  # T x B x C -> B x T x C
-        if mask is None:
-            return outputs, None
-        return [out[:batch] for out in outputs], [out[batch:] for out in outputs]
+        return features
+
+    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
+        if padding_mask is None or not padding_mask.any():
+            return None
+        return self.model.forward_padding_mask(padding_mask.new_empty(padding_mask.size(0), frames), padding_mask)
+
+    def encode(self, features: torch.Tensor, frame_padding: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        _, layer_results = self.model.encoder.extract_features(features, padding_mask=frame_padding, tgt_layer=None)
+        return [result[0].transpose(0, 1) for result in layer_results]  # T x B x C -> B x T x C
