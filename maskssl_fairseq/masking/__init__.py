@@ -7,7 +7,7 @@ with the same number of masked positions in every row, on any device, seeded by 
 
 from .span import span_mask  # noqa: F401
 from .unstructured import masked_count, random_mask  # noqa: F401
-from .block import inverse_block_mask  # noqa: F401
+from .block import block_mask, inverse_block_mask  # noqa: F401
 from .dispersion import dispersion_weighted_mask, patch_dispersion  # noqa: F401
 from .schedules import hint_ratio  # noqa: F401
 from .easy_to_hard import easy_to_hard_mask  # noqa: F401
