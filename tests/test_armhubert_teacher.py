@@ -1,18 +1,23 @@
 """ARMHuBERT teachers as the released code runs them: HuBERT's own frame padding, eval mode, the masked view;
 the WavLM teacher of ARMwavLM-S in the authors', torchaudio's and HuggingFace's layouts."""
 
+import sys
+
 import pytest
 import torch
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
-from helpers import REPO
-from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel
+from helpers import REPO, fairseq_hydra_train
+from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel, load_teacher
 from maskssl_fairseq.modules.cnn_frontend import frame_padding_mask
 from maskssl_fairseq.modules.hubert_teacher import HubertTeacher
+from maskssl_fairseq.modules.wavlm_teacher import WavLMTeacher
 
 CONFIGS = REPO / "examples" / "armhubert"
+sys.path.insert(0, str(CONFIGS))
+from make_random_teacher import main as make_random_teacher  # noqa: E402
 TINY_CONV = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
 
 
@@ -123,3 +128,88 @@ def test_a_teacher_of_the_wrong_kind_is_a_clear_error(tmp_path):
     student = build_student("tiny", teacher_path=str(path))
     with pytest.raises(ValueError, match="model.teacher_path=.*neither a fairseq HuBERT"):
         student.load_teacher()
+
+
+# ------------------------------------------------------------------------------------------------ WavLM teacher
+TINY_TEACHER = ["--layers", "2", "--dim", "64", "--ffn", "128", "--heads", "4", "--conv-dim", "32", "--conv-pos", "16",
+                "--conv-pos-groups", "4"]
+# names of the original authors' WavLM-Base.pt (microsoft/unilm wavlm/WavLM.py), as the research notes list them
+UNILM_NAMES = ["feature_extractor.conv_layers.0.0.weight", "feature_extractor.conv_layers.0.2.weight",
+               "feature_extractor.conv_layers.6.0.weight", "layer_norm.weight", "post_extract_proj.weight",
+               "encoder.pos_conv.0.weight_g", "encoder.pos_conv.0.weight_v", "encoder.layer_norm.bias",
+               "encoder.layers.0.self_attn.q_proj.weight", "encoder.layers.1.self_attn.v_proj.bias",
+               "encoder.layers.0.self_attn.relative_attention_bias.weight", "encoder.layers.1.self_attn.grep_a",
+               "encoder.layers.1.self_attn.grep_linear.weight", "encoder.layers.0.self_attn_layer_norm.weight",
+               "encoder.layers.1.fc1.weight", "encoder.layers.1.final_layer_norm.bias", "mask_emb"]
+
+
+@pytest.fixture(scope="module")
+def wavlm_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wavlm")
+    make_random_teacher(["--kind", "wavlm", "--out", str(root / "authors.pt"), *TINY_TEACHER])
+    make_random_teacher(["--kind", "wavlm", "--layout", "torchaudio", "--out", str(root / "torchaudio.pt"),
+                         *TINY_TEACHER])
+    return root / "authors.pt", root / "torchaudio.pt"
+
+
+def test_wavlm_in_the_authors_and_torchaudios_layouts_loads_and_matches_torchaudios_forward(wavlm_files):
+    authors, torchaudio_file = wavlm_files
+    saved = torch.load(authors, weights_only=False)
+    assert set(saved) == {"cfg", "model"} and set(UNILM_NAMES) <= set(saved["model"])
+    assert "encoder.layers.1.self_attn.relative_attention_bias.weight" not in saved["model"]  # layer 1 only
+    teachers = [load_teacher(str(authors)), load_teacher(str(torchaudio_file), "wavlm")]
+    assert all(isinstance(t, WavLMTeacher) and t.num_layers == 2 and t.embed_dim == 64 for t in teachers)
+    torch.testing.assert_close(teachers[0].mask_emb, saved["model"]["mask_emb"], rtol=0, atol=0)
+
+    source, padding = padded_batch([32000, 16000, 24000], 32000)
+    assert (~teachers[0].frame_padding(padding, 99)).sum(1).tolist() == [99, 50, 75]  # unilm's rule, as HuBERT's
+    mask = torch.zeros(3, 99, dtype=torch.bool)
+    mask[:, 20:40] = True
+    first, second = (t.layer_outputs(source, padding, mask) for t in teachers)
+    for ours, theirs in zip(first[0] + first[1], second[0] + second[1]):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    # without padding, the clean view is torchaudio's own forward
+    with torch.no_grad():
+        reference, _ = teachers[0].model.extract_features(source[:1])
+    for ours, theirs in zip(teachers[0].layer_outputs(source[:1])[0], reference):
+        torch.testing.assert_close(ours, theirs)
+    for clean, masked in zip(*first):
+        assert not torch.allclose(clean[:, 20:40], masked[:, 20:40])
+
+
+def test_wavlm_from_a_huggingface_directory(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.WavLMConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                                      num_conv_pos_embedding_groups=4, hidden_dropout=0.0, attention_dropout=0.0,
+                                      activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0)
+    original = transformers.WavLMModel(config).eval()
+    original.save_pretrained(tmp_path / "hf")
+    teacher = load_teacher(str(tmp_path / "hf"))
+    source = torch.randn(1, 16000)
+    with torch.no_grad():
+        hidden = original(source, output_hidden_states=True).hidden_states[1:]
+    for ours, theirs in zip(teacher.layer_outputs(source)[0], hidden):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_armwavlm_student_trains_one_update_with_a_random_wavlm_teacher(demo_corpus, wavlm_files, tmp_path):
+    authors, _ = wavlm_files
+    log = fairseq_hydra_train(
+        CONFIGS, "tiny", f"task.data={demo_corpus}", f"model.teacher_path={authors}", "++model.teacher_type=wavlm",
+        "optimization.max_update=1", "dataset.disable_validation=true", run_dir=tmp_path,
+    )
+    assert "loaded the WavLMTeacher" in log
+    state = torch.load(tmp_path / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] == 1
+    student = build_student("tiny")
+    assert set(state["model"]) == set(student.state_dict())  # the teacher never enters the checkpoint
+    assert not any("teacher" in key or "rel_attn" in key for key in state["model"])
+
+
+def test_armwavlm_configs_build_the_paper_s_22_39_m_student():
+    for name in ("armwavlm_s", "armwavlm_s_100h"):
+        model = build_student(name)
+        assert model.cfg.teacher_type == "wavlm"
+        assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 22.39
