@@ -7,3 +7,5 @@ needs a new file.
 
 from . import masking  # noqa: F401  (fairseq-free, imported first so models can use it)
 from . import checkpoints, modules, tasks, models, criterions  # noqa: F401
+from . import distributed  # noqa: F401  (CPU pytorch_ddp; one random stream per micro-batch)
+from .data import seeded_crops  # noqa: F401  (fairseq's audio crops from seed, epoch and index)

@@ -1,0 +1,85 @@
+"""Two small fixes that make fairseq's multi-process training testable on CPU and equal to one process.
+
+1. **pytorch_ddp on CPU.** fairseq wraps the model in ``DistributedDataParallel(device_ids=[device_id])`` even
+   on CPU, which torch refuses (``device_ids ... only work with ... CPU modules``). On CPU the model is
+   wrapped without ``device_ids``; every other case is left to fairseq's own ``DistributedFairseqModel``.
+2. **One random stream per micro-batch.** fairseq seeds torch with ``common.seed + num_updates`` once per
+   update, so every rank draws the same masks and dropout for its own batch, and micro-batch 2 of a
+   one-process run with ``update_freq=2`` continues micro-batch 1's stream. Here micro-batch ``i`` of rank
+   ``r`` (of ``w``) gets its own seed from ``(common.seed + num_updates, i * w + r)``: fairseq gives that
+   position the same batch in every layout with the same ``world_size * update_freq``, so one process and
+   several draw the same masks for the same utterances, and a resumed run draws what an uninterrupted one
+   would. Position 0 keeps fairseq's seed, so single-process runs with ``update_freq=1`` are unchanged.
+
+Both are installed when the plugin is imported (``common.user_dir``), in every rank's process.
+"""
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from fairseq import models
+from fairseq.distributed import ModuleProxyWrapper
+from fairseq.tasks import FairseqTask
+
+_fairseq_distributed_model = models.DistributedFairseqModel
+_fairseq_train_step = FairseqTask.train_step
+
+
+def distributed_model(args, model, process_group, device):
+    """fairseq's ``DistributedFairseqModel``, except that a CPU ``pytorch_ddp`` model gets no ``device_ids``."""
+    if getattr(args, "tpu", False) or args.ddp_backend not in {"c10d", "pytorch_ddp"} or torch.device(device).type != "cpu":
+        return _fairseq_distributed_model(args, model, process_group, device)
+    if args.ddp_comm_hook != "none":
+        raise ValueError(f"distributed_training.ddp_comm_hook={args.ddp_comm_hook} compresses GPU gradients; "
+                         "use 'none' on CPU")
+    wrapped = DistributedDataParallel(
+        module=model.to(device),
+        broadcast_buffers=args.broadcast_buffers,
+        bucket_cap_mb=args.bucket_cap_mb,
+        process_group=process_group,
+        find_unused_parameters=args.find_unused_parameters,
+        gradient_as_bucket_view=args.gradient_as_bucket_view,
+    )
+    return ModuleProxyWrapper(wrapped)
+
+
+def micro_batch_seed(update_seed: int, position: int) -> int:
+    """The torch seed of micro-batch ``position`` of the update that fairseq seeded with ``update_seed``."""
+    if position == 0:
+        return update_seed
+    return int(np.random.SeedSequence([update_seed, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _MicroBatchCounter:
+    """Tells the micro-batches of one update apart: fairseq reseeds torch at the start of every update, so a
+    seed we did not set ourselves starts a new update."""
+
+    def __init__(self):
+        self.update_seed, self.index, self.last_set = None, 0, None
+
+    def next_position(self) -> int:
+        current = torch.initial_seed()
+        if current != self.last_set:
+            self.update_seed, self.index = current, 0
+        else:
+            self.index += 1
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        rank = dist.get_rank() if world > 1 else 0
+        return self.index * world + rank
+
+
+_counter = _MicroBatchCounter()
+
+
+def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+    position = _counter.next_position()
+    if position != 0:
+        torch.manual_seed(micro_batch_seed(_counter.update_seed, position))
+    _counter.last_set = torch.initial_seed()
+    return _fairseq_train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+
+
+models.DistributedFairseqModel = distributed_model
+FairseqTask.train_step = train_step
