@@ -1,4 +1,4 @@
-"""What M2D and MSM-MAE share: config fields, log-mel front end, ViT encoder, masking and features.
+"""What M2D, MSM-MAE and EAT share: config fields, log-mel front end, ViT encoder, masking and features.
 
 Subclasses add their objective in ``forward``; the masking strategy (random, inverse block, DWM) is drawn
 here, inside the model, because DWM needs the normalised spectrogram and its hint ratio follows the
@@ -14,15 +14,21 @@ from fairseq.models import BaseFairseqModel
 from omegaconf import II
 
 from ..masking import dispersion_weighted_mask, hint_ratio, informed_mask, inverse_block_mask, random_mask
-from .log_mel import LogMelSpectrogram
+from .log_mel import KaldiFbank, LogMelSpectrogram
 from .spectrogram_vit import SpectrogramViT, patchify
 
 MASKING_CHOICES = ChoiceEnum(["random", "ibm", "dwm", "sgim"])
+FRONTEND_CHOICES = ChoiceEnum(["log_mel", "kaldi_fbank"])
 
 
 @dataclass
 class MaskedSpectrogramConfig(FairseqDataclass):
     # front end: M2D's wav_to_lms.py settings; the time grid comes from the task
+    frontend: FRONTEND_CHOICES = field(
+        default="log_mel", metadata={"help": "log_mel (M2D's nnAudio-equivalent) or kaldi_fbank (EAT: torchaudio's "
+                                             "Kaldi fbank, padded or cropped to input_frames)"}
+    )
+    fbank_std_scale: float = field(default=2.0, metadata={"help": "kaldi_fbank: divide by this times the std (EAT: 2)"})
     sample_rate: int = II("task.sample_rate")
     hop_length: int = II("task.hop_length")
     input_frames: int = field(default=II("task.crop_frames"), metadata={"help": "spectrogram width the model trains on"})
@@ -37,6 +43,7 @@ class MaskedSpectrogramConfig(FairseqDataclass):
     encoder_layers: int = 12
     encoder_attention_heads: int = 12
     mlp_ratio: float = 4.0
+    post_ln: bool = field(default=False, metadata={"help": "post-LN encoder blocks (EAT) instead of pre-LN ones (M2D)"})
     # masking
     masking: MASKING_CHOICES = field(
         default="random", metadata={"help": "random, ibm (inverse block), dwm or sgim (costly: an extra encoder pass)"}
@@ -60,10 +67,14 @@ class MaskedSpectrogramModel(BaseFairseqModel):
         if cfg.masking in ("dwm", "sgim") and cfg.hint_constant is None and cfg.max_update <= 0:
             raise ValueError(f"model.masking={cfg.masking} anneals its hint ratio over optimization.max_update, which is not set; "
                              "set optimization.max_update or model.hint_constant")
-        self.frontend = LogMelSpectrogram(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
-                                          cfg.f_min, cfg.f_max)
+        if cfg.frontend == "kaldi_fbank":
+            self.frontend = KaldiFbank(cfg.sample_rate, cfg.win_length, cfg.hop_length, cfg.n_mels, cfg.f_min,
+                                       cfg.f_max, cfg.input_frames, cfg.fbank_std_scale)
+        else:
+            self.frontend = LogMelSpectrogram(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
+                                              cfg.f_min, cfg.f_max)
         self.encoder = SpectrogramViT((cfg.n_mels, cfg.input_frames), cfg.patch_size, cfg.encoder_embed_dim,
-                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio)
+                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio, cfg.post_ln)
         self.num_updates = 0
         self.hint_ratio = self._hint_ratio(0)
 
@@ -91,17 +102,21 @@ class MaskedSpectrogramModel(BaseFairseqModel):
         """The hint ratio where it matters (DWM, SGIM), else None, which fairseq's ``model`` criterion skips."""
         return self.hint_ratio if self.cfg.masking in ("dwm", "sgim") else None
 
-    def training_spectrogram(self, source: torch.Tensor) -> torch.Tensor:
-        """Waveform crops ``[B, S]`` -> standardised spectrograms ``[B, 1, n_mels, input_frames]``."""
-        spectrogram = self.frontend(source)
+    def training_spectrogram(self, source: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Waveform crops ``[B, S]`` (``lengths [B]`` valid samples, for the fbank front end) -> standardised
+        spectrograms ``[B, 1, n_mels, input_frames]``."""
+        spectrogram = self.frontend(source, lengths)
         if spectrogram.shape[-1] < self.cfg.input_frames:
             raise ValueError(f"{source.shape[-1]} samples give {spectrogram.shape[-1]} frames, the model trains on "
                              f"{self.cfg.input_frames} (task.crop_frames)")
         return spectrogram[..., : self.cfg.input_frames].unsqueeze(1)
 
-    def draw_mask(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        """Boolean ``[B, N]`` from ``cfg.masking``, drawn from the global RNG that fairseq seeds each step."""
-        batch, device = spectrogram.shape[0], spectrogram.device
+    def draw_mask(self, spectrogram: torch.Tensor, clones: int = 1) -> torch.Tensor:
+        """Boolean ``[B * clones, N]`` from ``cfg.masking``, drawn from the global RNG that fairseq seeds each
+        step; the ``clones`` rows of a clip are consecutive, each with its own mask."""
+        batch, device = spectrogram.shape[0] * clones, spectrogram.device
+        if clones > 1 and self.cfg.masking in ("dwm", "sgim"):
+            spectrogram = spectrogram.repeat_interleave(clones, 0)
         if self.cfg.masking == "random":
             return random_mask(batch, self.encoder.num_patches, self.cfg.mask_ratio, device=device)
         if self.cfg.masking == "ibm":

@@ -1,4 +1,5 @@
-"""ViT pieces on log-mel patches shared by M2D and MSM-MAE (MAE-style, timm transformer blocks).
+"""ViT pieces on log-mel patches shared by M2D, MSM-MAE and EAT (MAE-style timm blocks, or data2vec 2.0's
+post-LN blocks for EAT).
 
 Shapes: a spectrogram ``[B, 1, F, T]`` cut into ``p x p`` patches gives a ``(F/p, T/p)`` grid whose
 ``N`` tokens are numbered frequency-row first (``index = f * (T/p) + t``), as ``Conv2d(...).flatten(2)``
@@ -6,11 +7,13 @@ numbers them; masks are boolean ``[B, N]`` with True = masked and the same count
 """
 
 from functools import partial
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
+
+from .data2vec2_audio import Data2Vec2AudioConfig, TransformerBlock
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -56,6 +59,13 @@ def transformer(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.Sequen
     return nn.Sequential(*[Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)])
 
 
+def post_ln_transformer(dim: int, depth: int, heads: int, mlp_ratio: float, norm_eps: float = 1e-6) -> nn.ModuleList:
+    """``depth`` post-LN blocks without dropout (data2vec 2.0's, as EAT uses them), each returning its FFN output."""
+    cfg = Data2Vec2AudioConfig(embed_dim=dim, num_heads=heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps,
+                               encoder_dropout=0.0, post_mlp_drop=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    return nn.ModuleList(TransformerBlock(cfg, drop_path=0.0) for _ in range(depth))
+
+
 def init_weights(module: nn.Module) -> None:
     """MAE's initialisation: xavier-uniform linears with zero bias, unit LayerNorms."""
     if isinstance(module, nn.Linear):
@@ -71,12 +81,16 @@ class SpectrogramViT(nn.Module):
     """Patch embedding, fixed positions, CLS token and transformer over the *visible* patches.
 
     Args:
-        input_size: ``(F, T)`` of the training spectrogram (M2D: 80 x 608, a 5 x 38 grid).
+        input_size: ``(F, T)`` of the training spectrogram (M2D: 80 x 608, a 5 x 38 grid; EAT: 128 x 1024,
+            8 x 64).
         patch: patch side (16).
         dim, depth, heads, mlp_ratio: ViT-B is 768, 12, 12, 4.
+        post_ln: data2vec 2.0's post-LN blocks and no final norm (EAT) instead of pre-LN blocks and a final
+            LayerNorm (MAE, M2D); only post-LN blocks give ``forward_layers`` their FFN outputs.
     """
 
-    def __init__(self, input_size: Tuple[int, int], patch: int, dim: int, depth: int, heads: int, mlp_ratio: float):
+    def __init__(self, input_size: Tuple[int, int], patch: int, dim: int, depth: int, heads: int, mlp_ratio: float,
+                 post_ln: bool = False):
         super().__init__()
         freq, time = input_size
         if freq % patch or time < patch:
@@ -86,8 +100,9 @@ class SpectrogramViT(nn.Module):
         self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
         self.register_buffer("pos_embed", sincos_positions(dim, self.grid), persistent=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = transformer(dim, depth, heads, mlp_ratio)
-        self.norm = LayerNorm(dim)
+        self.post_ln = post_ln
+        self.blocks = post_ln_transformer(dim, depth, heads, mlp_ratio) if post_ln else transformer(dim, depth, heads, mlp_ratio)
+        self.norm = nn.Identity() if post_ln else LayerNorm(dim)
         self.apply(init_weights)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -111,7 +126,19 @@ class SpectrogramViT(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedded tokens ``[B, n, D]`` (all, or the visible ones) -> ``[B, 1 + n, D]`` with CLS first."""
+        if self.post_ln:
+            return self.forward_layers(tokens)[0]
         return self.norm(self.blocks(self.with_cls(tokens)))
+
+    def forward_layers(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Post-LN encoders: ``[B, n, D]`` -> (output ``[B, 1 + n, D]``, every block's FFN output ``[B, 1 + n, D]``)."""
+        if not self.post_ln:
+            raise ValueError("only a post-LN encoder (post_ln=True) returns its blocks' FFN outputs")
+        x, ffn_outputs = self.with_cls(tokens), []
+        for block in self.blocks:
+            x, ffn = block(x, None)
+            ffn_outputs.append(ffn)
+        return x, ffn_outputs
 
     def frame_features(self, spectrogram: torch.Tensor) -> torch.Tensor:
         """Unmasked features of a spectrogram of any length ``[B, 1, F, L]`` -> ``[B, L // p, (F/p) * D]``.

@@ -1,4 +1,4 @@
-"""Pretraining on fixed-length waveform crops for spectrogram models (M2D, MSM-MAE).
+"""Pretraining on fixed-length waveform crops for spectrogram models (M2D, MSM-MAE, EAT).
 
 Reads the same ``<split>.tsv`` manifests as every other task (audio root on the first line, then
 ``relative/path<TAB>num_samples``). Any sample rate is resampled to ``sample_rate``; each item is a
@@ -76,22 +76,28 @@ class WaveformCropDataset(FairseqDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def crop(self, index: int, epoch: int) -> torch.Tensor:
+    def unpadded_crop(self, index: int, epoch: int) -> torch.Tensor:
         relative, _ = self.entries[index]
         rng = np.random.default_rng((self.seed, epoch if self.random_crop else 0, index))
-        waveform = load_audio(self.root / relative, self.sample_rate, f"{self.manifest}:{index + 2}",
-                              self.crop_samples, rng)
+        return load_audio(self.root / relative, self.sample_rate, f"{self.manifest}:{index + 2}", self.crop_samples, rng)
+
+    def crop(self, index: int, epoch: int) -> torch.Tensor:
+        waveform = self.unpadded_crop(index, epoch)
         return torch.nn.functional.pad(waveform, (0, self.crop_samples - waveform.shape[0]))
 
     def __getitem__(self, index: int) -> dict:
-        return {"id": index, "source": self.crop(index, self.epoch)}
+        waveform = self.unpadded_crop(index, self.epoch)
+        source = torch.nn.functional.pad(waveform, (0, self.crop_samples - waveform.shape[0]))
+        return {"id": index, "source": source, "length": waveform.shape[0]}
 
     def collater(self, samples: List[dict]) -> dict:
         if not samples:
             return {}
         return {
             "id": torch.tensor([s["id"] for s in samples]),
-            "net_input": {"source": torch.stack([s["source"] for s in samples])},
+            # the valid samples of each zero-padded crop (EAT's fbank front end pads its frames instead)
+            "net_input": {"source": torch.stack([s["source"] for s in samples]),
+                          "lengths": torch.tensor([s["length"] for s in samples])},
         }
 
     def num_tokens(self, index: int) -> int:
@@ -112,6 +118,10 @@ class SpectrogramPretrainingConfig(FairseqDataclass):
     sample_rate: int = field(default=16000, metadata={"help": "audio is resampled to this rate (M2D: 16 kHz)"})
     hop_length: int = field(default=160, metadata={"help": "spectrogram frame shift in samples (10 ms)"})
     crop_frames: int = field(default=608, metadata={"help": "frames per training crop (M2D: 608 = 6.08 s)"})
+    crop_samples: Optional[int] = field(
+        default=None, metadata={"help": "samples per crop instead of the crop_frames centred frames' (EAT: 160000, "
+                                        "10 s clips whose 998 fbank frames the model pads to 1024)"}
+    )
     norm_sample_size: int = field(
         default=5000, metadata={"help": "training clips whose log-mel values give the mean and std (M2D: 10000 // 2)"}
     )
@@ -132,6 +142,8 @@ class SpectrogramPretrainingTask(FairseqTask):
 
     @property
     def crop_samples(self) -> int:
+        if self.cfg.crop_samples is not None:
+            return self.cfg.crop_samples
         # centred frames: (crop_frames - 1) hops give exactly crop_frames frames
         return (self.cfg.crop_frames - 1) * self.cfg.hop_length
 

@@ -1,0 +1,74 @@
+"""A full EMA teacher for fairseq models: fairseq's ``EMAModule`` over copies of named student modules.
+
+The teacher is not a child module, so fairseq's optimizer never sees it; its fp32 parameters travel in the
+checkpoint under ``_ema``, and the update it last stepped at in a ``teacher_updates`` buffer, so that a
+resumed run steps it exactly as an uninterrupted one would. The momentum rises linearly from
+``ema_decay`` to ``ema_end_decay`` over ``ema_anneal_end_step`` updates, then stays (data2vec 2.0, EAT).
+The data2vec 2.0 audio backbone (``data2vec2_audio``) follows the same rules.
+"""
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from fairseq.modules import EMAModule, EMAModuleConfig
+
+from .data2vec2_audio import TeacherModel
+
+
+class EMATeacherMixin:
+    """For a ``BaseFairseqModel`` whose ``cfg`` has ``ema_decay``, ``ema_end_decay`` and ``ema_anneal_end_step``.
+
+    Call :meth:`build_teacher` once the student modules are initialised; ``self.teacher(like).<name>`` is
+    then the teacher's copy of ``self.<name>``.
+    """
+
+    def build_teacher(self, names: Iterable[str]) -> None:
+        self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
+        teacher = TeacherModel({name: copy.deepcopy(getattr(self, name)) for name in names})
+        teacher.requires_grad_(False)
+        self.ema = EMAModule(
+            teacher,
+            EMAModuleConfig(ema_decay=self.cfg.ema_decay, ema_fp32=True, add_missing_params=False, log_norms=False),
+            copy_model=False,
+        )
+
+    def ema_decay_at(self, num_updates: int) -> float:
+        cfg = self.cfg
+        if num_updates >= cfg.ema_anneal_end_step:
+            return cfg.ema_end_decay
+        return cfg.ema_decay + (cfg.ema_end_decay - cfg.ema_decay) * num_updates / cfg.ema_anneal_end_step
+
+    def step_teacher(self, num_updates: int) -> None:
+        """Called from ``set_num_updates``: one EMA step per new update number while training."""
+        if self.ema is None or not self.training or num_updates == 0 or num_updates == int(self.teacher_updates):
+            return
+        self.ema.set_decay(self.ema_decay_at(num_updates))
+        if self.ema.get_decay() < 1:
+            self.ema.step(self)
+        self.teacher_updates.fill_(num_updates)
+
+    def teacher(self, like: torch.Tensor) -> nn.Module:
+        """The teacher on ``like``'s device and dtype (fp16/bf16 training casts the student only)."""
+        model = self.ema.model
+        reference = next(model.parameters())
+        if reference.device != like.device or reference.dtype != like.dtype:
+            self.ema.model = model = model.to(device=like.device, dtype=like.dtype)
+            for key, value in self.ema.fp32_params.items():
+                self.ema.fp32_params[key] = value.to(like.device)
+        return model
+
+    def state_dict(self, destination=None, prefix="", keep_vars=False):
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if self.ema is not None:
+            state[prefix + "_ema"] = self.ema.fp32_params
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        ema_state = state_dict.pop(prefix + "_ema", None)
+        if self.ema is not None:
+            if ema_state is None:
+                raise KeyError(f"checkpoint lacks the EMA teacher ('{prefix}_ema'): it cannot resume pretraining")
+            self.ema.restore(ema_state, build_fp32_params=True)
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
