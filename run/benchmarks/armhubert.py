@@ -1,6 +1,8 @@
-"""ARMHuBERT: student vs HuBERT BASE forward time and multiply-accumulates, and a reuse layer's attention cost.
+"""ARMHuBERT: student vs HuBERT BASE (or WavLM Base, for ARMwavLM-S) forward time and multiply-accumulates, and a
+reuse layer's attention cost.
 
     python run/bench.py armhubert [--variant armhubert] [--seconds 6 --batch 2] [--teacher-path hubert_base_ls960.pt]
+    python run/bench.py armhubert --variant armwavlm_s [--teacher-path WavLM-Base.pt]
 
 Everything is measured inside one run on one batch, and reported as ratios:
 
@@ -11,7 +13,9 @@ Everything is measured inside one run on one batch, and reported as ratios:
   also over the paper's MACs set-up (32 LibriSpeech test-clean utterances, 224.9 s in all);
 * one attention module of a reuse layer against one of a computing layer: analytic MACs and forward time.
 
-Without ``--teacher-path`` the teacher is HuBERT BASE's architecture with random weights (same cost).
+Without ``--teacher-path`` the teacher is HuBERT BASE's (or, for ``armwavlm_s``, torchaudio's ``wavlm_base``)
+architecture with random weights (same cost). WavLM's MACs add its gated relative position bias (a
+``Linear(head_dim -> 8)`` per head and frame in every layer) to HuBERT's.
 """
 
 import argparse
@@ -34,9 +38,10 @@ SUPERB_SECONDS, SUPERB_UTTERANCES = 224.9, 32  # the SUPERB-challenge MACs set-u
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variant", default="armhubert", choices=["armhubert", "armhubert_s", "maskhubert"],
+    parser.add_argument("--variant", default="armhubert", choices=["armhubert", "armhubert_s", "maskhubert", "armwavlm_s"],
                         help="student config in examples/armhubert")
-    parser.add_argument("--teacher-path", help="a fairseq HuBERT checkpoint (default: HuBERT BASE, random weights)")
+    parser.add_argument("--teacher-path", help="a fairseq HuBERT or WavLM checkpoint (default: HuBERT BASE, or WavLM "
+                                               "Base for armwavlm_s, random weights)")
     parser.add_argument("--batch", type=int, default=2, help="utterances per forward")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each utterance")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards of each model (after one warm-up)")
@@ -89,8 +94,18 @@ def student_macs(cfg, samples: int, with_heads: bool = True) -> dict:
     )
 
 
-def teacher_macs(samples: int) -> dict:
-    return analytic_macs(samples, HUBERT_BASE_CONV, 768, 3072, [False] * 12)
+def teacher_macs(samples: int, kind: str = "hubert") -> dict:
+    """HuBERT BASE, or WavLM Base (the same layers plus the gated relative position bias)."""
+    parts = analytic_macs(samples, HUBERT_BASE_CONV, 768, 3072, [False] * 12)
+    if kind == "wavlm":
+        frames = frames_after(samples, HUBERT_BASE_CONV)[-1]
+        parts["relative_position_gate"] = 12 * frames * 768 * 8  # per layer: H heads x (head_dim -> 8) per frame
+        parts["total"] += parts["relative_position_gate"]
+    return parts
+
+
+def teacher_kind(variant: str) -> str:
+    return "wavlm" if variant.startswith("armwavlm") else "hubert"
 
 
 def load_student_cfg(variant: str):
@@ -100,17 +115,23 @@ def load_student_cfg(variant: str):
     return cfg
 
 
-def build_teacher(path: str):
+def build_teacher(path: str, kind: str):
+    """A frozen teacher whose ``layer_outputs`` is timed."""
     from fairseq.models.hubert.hubert import HubertConfig, HubertModel
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
-    if path:
-        from maskssl_fairseq.modules.hubert_teacher import HubertTeacher
+    from maskssl_fairseq.models.armhubert import load_teacher
+    from maskssl_fairseq.modules.hubert_teacher import HubertTeacher
+    from maskssl_fairseq.modules.wavlm_teacher import WavLMTeacher
 
-        return HubertTeacher.from_checkpoint(path).model
+    if path:
+        return load_teacher(path, kind)
+    if kind == "wavlm":
+        from torchaudio.models import wavlm_base
+
+        return WavLMTeacher(wavlm_base(), torch.zeros(768))
     model = HubertModel(HubertConfig(label_rate=50.0), HubertPretrainingConfig(data="unused", label_rate=50.0), [None])
-    model.encoder.required_seq_len_multiple = 1
-    return model
+    return HubertTeacher(model)
 
 
 def timed(fn: Callable[[], object], device: str) -> float:
@@ -138,24 +159,25 @@ def main(args) -> None:
     cfg = load_student_cfg(args.variant)
     student = ArmHubertModel.build_model(OmegaConf.merge(OmegaConf.structured(ArmHubertConfig), cfg))
     student = student.to(device).eval()
-    teacher = build_teacher(args.teacher_path).to(device).eval()
+    kind = teacher_kind(args.variant)
+    teacher = build_teacher(args.teacher_path, kind).to(device).eval()
     params_student = sum(p.numel() for p in student.parameters())
-    params_teacher = sum(p.numel() for p in teacher.parameters() if p.requires_grad)
+    params_teacher = sum(p.numel() for p in teacher.parameters())
     print(f"[armhubert] {args.variant}: {params_student / 1e6:.2f} M parameters (heads included); "
           f"teacher: {params_teacher / 1e6:.2f} M")
 
     # --- analytic MACs -------------------------------------------------------------------------
-    s_macs, t_macs = student_macs(cfg, samples), teacher_macs(samples)
+    s_macs, t_macs = student_macs(cfg, samples), teacher_macs(samples, kind)
     print(f"[armhubert] analytic MACs for {args.batch} x {args.seconds:.1f} s: student "
           f"{args.batch * s_macs['total'] / 1e9:.2f} G, teacher {args.batch * t_macs['total'] / 1e9:.2f} G, "
           f"ratio {s_macs['total'] / t_macs['total']:.3f} (without heads "
           f"{student_macs(cfg, samples, with_heads=False)['total'] / t_macs['total']:.3f})")
     per_utterance = int(SUPERB_SECONDS / SUPERB_UTTERANCES * 16000)
     s_superb = SUPERB_UTTERANCES * student_macs(cfg, per_utterance)["total"]
-    t_superb = SUPERB_UTTERANCES * teacher_macs(per_utterance)["total"]
+    t_superb = SUPERB_UTTERANCES * teacher_macs(per_utterance, kind)["total"]
     print(f"[armhubert] analytic MACs over {SUPERB_SECONDS} s as {SUPERB_UTTERANCES} equal utterances: student "
-          f"{s_superb / 1e9:.1f} G, HuBERT BASE {t_superb / 1e9:.1f} G, ratio {s_superb / t_superb:.3f} "
-          f"(paper: about 0.30 for ARMHuBERT)")
+          f"{s_superb / 1e9:.1f} G, {'WavLM Base' if kind == 'wavlm' else 'HuBERT BASE'} {t_superb / 1e9:.1f} G, "
+          f"ratio {s_superb / t_superb:.3f} (paper: about 0.30 for ARMHuBERT)")
     print("[armhubert] student MACs by part: " + ", ".join(
         f"{k} {v / s_macs['total']:.1%}" for k, v in s_macs.items() if k != "total"))
 
@@ -163,7 +185,7 @@ def main(args) -> None:
     source = torch.randn(args.batch, samples, device=device)
     with torch.inference_mode():
         ratio, t_student, t_teacher = interleaved_ratio(
-            lambda: student.hidden_states(source), lambda: teacher.extract_features(source, mask=False),
+            lambda: student.hidden_states(source), lambda: teacher.layer_outputs(source),
             args.repeats, device,
         )
     print(f"[armhubert] forward time on {device}, {args.batch} x {args.seconds:.1f} s: "
