@@ -6,7 +6,8 @@ writes ``<out>/LibriSpeech/<split>/<speaker>/<chapter>/*.flac`` (16 kHz mono) wi
 for the splits ``pretrain`` (used unlabeled), ``train_10m``, ``train_1h``, ``dev`` and ``test``, then the fairseq
 manifests ``<out>/manifests/<split>.{tsv,wrd,ltr}`` and ``dict.ltr.txt`` with ``manifests/librispeech.py``, and
 checks each with ``manifests/validate.py``. Speakers are espeak-ng voice and variant pairs; every utterance draws
-its own speaking rate and pitch. The default sizes keep the CPU quickstart short; ``--train-1h-minutes 60`` and
+its own speaking rate and pitch; ``--heldout-speakers N`` keeps N speakers for dev and test only, and dev and test
+sentences never occur in the training splits. The default sizes keep the CPU quickstart short; ``--train-1h-minutes 60`` and
 ``--train-10m-minutes 10`` give the real LibriLight sizes.
 """
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import List, Set
 
 import numpy as np
 import soundfile as sf
@@ -48,11 +50,27 @@ def speak(text: str, voice: str, rate: int, pitch: int) -> torch.Tensor:
     return AF.resample(audio, rate, SAMPLE_RATE)
 
 
-def synthesise_split(split: str, minutes: float, root: Path, seed: int, jobs: int) -> float:
-    """Writes utterances for ``split`` until ``minutes`` of audio; returns the minutes written."""
+SPEAKERS = [(v, var) for v in VOICES for var in VARIANTS]
+EVALUATION_SPLITS = ("dev", "test")
+
+
+def heldout_speakers(count: int) -> List[int]:
+    """Indices into ``SPEAKERS`` of ``count`` speakers heard only in dev and test, spread over the voices."""
+    if not 0 <= count < len(SPEAKERS):
+        raise ValueError(f"--heldout-speakers must be in [0, {len(SPEAKERS) - 1}], got {count}")
+    stride = len(SPEAKERS) / max(count, 1)
+    return [int(i * stride + stride / 2) for i in range(count)]
+
+
+def synthesise_split(split: str, minutes: float, root: Path, seed: int, jobs: int, speakers: List[int],
+                     seen_sentences: Set[str]) -> float:
+    """Writes utterances for ``split`` until ``minutes`` of audio; returns the minutes written.
+
+    Utterances are spoken by ``speakers`` (indices into ``SPEAKERS``); sentences in ``seen_sentences`` are
+    skipped, and the split's own sentences are added to it.
+    """
     rng = random.Random(seed + SEED_OFFSETS[split])
     sentences = SentenceGenerator(seed + SEED_OFFSETS[split])
-    speakers = [(v, var) for v in VOICES for var in VARIANTS]
     chapter = 10 + SPLITS.index(split)
     transcripts = {}
     written = 0.0
@@ -69,10 +87,13 @@ def synthesise_split(split: str, minutes: float, root: Path, seed: int, jobs: in
         while written < minutes * 60:
             batch = []
             for _ in range(4 * jobs):
-                speaker_index = rng.randrange(len(speakers))
-                voice, variant = speakers[speaker_index]
+                speaker_index = speakers[rng.randrange(len(speakers))]
+                voice, variant = SPEAKERS[speaker_index]
                 speaker = 100 + speaker_index
                 text = sentences.sentence()
+                while text in seen_sentences:
+                    text = sentences.sentence()
+                seen_sentences.add(text)
                 utt_id = f"{speaker}-{chapter}-{utterance:04d}"
                 utterance += 1
                 path = root / split / str(speaker) / str(chapter) / f"{utt_id}.flac"
@@ -94,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--train-1h-minutes", type=float, default=20.0, help="larger labeled split")
     parser.add_argument("--dev-minutes", type=float, default=3.0)
     parser.add_argument("--test-minutes", type=float, default=3.0)
+    parser.add_argument("--heldout-speakers", type=int, default=0,
+                        help="speakers (of 30) heard only in dev and test: evaluation on unseen voices")
     parser.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng processes")
     parser.add_argument("--force", action="store_true", help="replace an existing corpus in --out")
     args = parser.parse_args(argv)
@@ -112,8 +135,17 @@ def main(argv=None):
         "pretrain": args.pretrain_minutes, "train_10m": args.train_10m_minutes, "train_1h": args.train_1h_minutes,
         "dev": args.dev_minutes, "test": args.test_minutes,
     }
+    try:
+        heldout = heldout_speakers(args.heldout_speakers)
+    except ValueError as error:
+        parser.error(str(error))
+    seen_sentences: Set[str] = set()  # dev and test sentences never occur in a training split
     for split in SPLITS:
-        done = synthesise_split(split, minutes[split], audio_root, args.seed, args.jobs)
+        if split in EVALUATION_SPLITS and heldout:
+            speakers = heldout
+        else:
+            speakers = [i for i in range(len(SPEAKERS)) if i not in heldout]
+        done = synthesise_split(split, minutes[split], audio_root, args.seed, args.jobs, speakers, seen_sentences)
         print(f"[demo_corpus] {split}: {done:.1f} min of speech", flush=True)
 
     tools = Path(__file__).resolve().parent

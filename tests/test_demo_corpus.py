@@ -9,6 +9,7 @@ import soundfile as sf
 from helpers import REPO, run_checked
 
 sys.path.insert(0, str(REPO / "manifests"))
+from demo_corpus import heldout_speakers  # noqa: E402
 from demo_text import SentenceGenerator, vocabulary  # noqa: E402
 
 TINY = ["--pretrain-minutes", "0.1", "--train-10m-minutes", "0.1", "--train-1h-minutes", "0.1",
@@ -60,3 +61,24 @@ def test_same_seed_same_corpus_and_no_silent_overwrite(tmp_path):
     make_corpus(tmp_path / "a", "--seed", "6", "--force")
     assert (tmp_path / "a" / "manifests" / "train_1h.wrd").read_text() != \
         (tmp_path / "b" / "manifests" / "train_1h.wrd").read_text()
+
+
+def test_heldout_speakers_and_sentences_only_in_dev_and_test(tmp_path):
+    make_corpus(tmp_path, "--heldout-speakers", "4", "--dev-minutes", "0.3", "--test-minutes", "0.3")
+    manifests = tmp_path / "manifests"
+
+    def speakers(split):
+        return {Path(row.split("\t")[0]).name.split("-")[0] for row in (manifests / f"{split}.tsv").read_text().splitlines()[1:]}
+
+    def sentences(split):
+        return set((manifests / f"{split}.wrd").read_text().splitlines())
+
+    training = set().union(*(speakers(s) for s in ("pretrain", "train_10m", "train_1h")))
+    evaluation = speakers("dev") | speakers("test")
+    assert evaluation and not evaluation & training
+    assert evaluation <= {str(100 + i) for i in heldout_speakers(4)}
+    seen = set().union(*(sentences(s) for s in ("pretrain", "train_10m", "train_1h")))
+    assert not (sentences("dev") | sentences("test")) & seen
+
+    with pytest.raises(AssertionError, match="--heldout-speakers must be in"):
+        make_corpus(tmp_path / "bad", "--heldout-speakers", "30")
