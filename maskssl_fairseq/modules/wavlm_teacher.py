@@ -203,6 +203,9 @@ class WavLMTeacher(FrozenTeacher):
         from torchaudio.models.wav2vec2.utils import import_huggingface_model
 
         original = WavLMModel.from_pretrained(directory)
+        if getattr(original, "masked_spec_embed", None) is None:  # HF keeps it only with mask_time_prob > 0
+            raise ValueError(f"model.teacher_path={directory}: the HuggingFace WavLM has no masked_spec_embed, "
+                             "the mask embedding of the masked view")
         model = import_huggingface_model(original)
         for module in model.modules():  # import_huggingface_model keeps HF's dropouts
             if isinstance(module, nn.Dropout):
