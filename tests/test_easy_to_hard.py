@@ -112,19 +112,26 @@ def test_counts_padding_and_running_out_of_windows(selection, mask_prob):
     assert not (mask & padding).any()
 
 
-def test_start_selection_is_unchanged():
-    """The official choice, bit for bit as before ``hard_selection`` existed (frame i = bit i)."""
+def test_start_selection_keeps_the_official_hard_spans():
+    """The official choice: spans from the top-scored allowed starts; recorded bit for bit (frame i = bit i)
+    since the random part became data2vec 2.0's block masking."""
     scores = torch.rand(4, 60, generator=seeded(21))
     lengths = torch.tensor([60, 52, 60, 47])
     padding = torch.arange(60).unsqueeze(0) >= lengths.unsqueeze(1)
     recorded = {
-        0.6: [0xf8003e00fff40, 0x1ff83ffe0, 0x7de00740f80001f, 0x3f1f07c7e001],
-        1.0: [0x7cf8003e0007f40, 0x3e001ff83fc00, 0x7c0007c0f8000ff, 0x7f1f07c7e000],
+        0.6: [0xf8783e0787c00, 0x1001ff83fe07, 0x7c003e00f80381f, 0x7fe0f907c820],
+        1.0: [0x7cf8003e00e7c00, 0x3f001ff83e201, 0x7c007c00f8000ff, 0x7ff0f907c020],
     }
+    count = int(0.5 * 47)
     for hard_fraction, rows in recorded.items():
         mask = easy_to_hard_mask(scores, 0.5, 5, hard_fraction, hard_selection="start", generator=seeded(22),
                                  padding_mask=padding)
         assert [sum(1 << i for i in row.nonzero().flatten().tolist()) for row in mask] == rows
+        num_hard = min(int(hard_fraction * count / 5 + 0.5), count // 5)
+        for row in range(4):
+            allowed = int(lengths[row]) - 5 + 1
+            for start in scores[row, :allowed].topk(num_hard).indices.tolist():
+                assert mask[row, start:start + 5].all(), (hard_fraction, row, start)
 
 
 def test_windows_follow_the_device():

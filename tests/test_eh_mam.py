@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from maskssl_fairseq.masking import easy_to_hard_mask, span_mask
+from maskssl_fairseq.masking import block_mask, easy_to_hard_mask
 from maskssl_fairseq.models.eh_mam import EhMamConfig, EhMamModel
 from maskssl_fairseq.modules.loss_predictor import pairwise_ranking_loss
 
@@ -19,23 +19,19 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def runs(mask: torch.Tensor) -> torch.Tensor:
-    """Number of contiguous masked runs per row."""
-    starts = mask[:, 1:] & ~mask[:, :-1]
-    return starts.sum(1) + mask[:, 0].long()
-
-
 # ---------------------------------------------------------------- the mask
 
-def test_hard_fraction_zero_has_the_statistics_of_random_span_masking():
+def test_hard_fraction_zero_is_data2vec2_block_masking():
     batch, length = 4000, 120
     scores = torch.randn(batch, length, generator=seeded(1))
     ours = easy_to_hard_mask(scores, 0.5, 5, 0.0, generator=seeded(2))
-    reference = span_mask(batch, length, 0.5, 5, generator=seeded(3))
-    assert ours.sum(1).eq(60).all() and reference.sum(1).eq(60).all()
-    # the same coverage profile along time and the same span structure
-    assert (ours.float().mean(0) - reference.float().mean(0)).abs().max() < 0.05
-    assert abs(runs(ours).float().mean() - runs(reference).float().mean()) < 0.05 * runs(reference).float().mean()
+    # the data2vec 2.0 baseline's mask, bit for bit, padded or not
+    assert torch.equal(ours, block_mask(batch, length, 0.5, block=5, adjust=0.05, generator=seeded(2)))
+    lengths = torch.tensor([120, 90, 101])
+    padding = torch.arange(length).unsqueeze(0) >= lengths.unsqueeze(1)
+    assert torch.equal(easy_to_hard_mask(scores[:3], 0.5, 5, 0.0, generator=seeded(3), padding_mask=padding),
+                       block_mask(3, length, 0.5, padding_mask=padding, generator=seeded(3)))
+    assert ours.sum(1).eq(60).all()
     # and it ignores the scores: frames with the top score are masked no more often than others
     top = scores.argmax(1)
     assert abs(ours[torch.arange(batch), top].float().mean() - 0.5) < 0.05

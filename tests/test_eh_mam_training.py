@@ -40,7 +40,10 @@ def test_eh_mam_pretraining_learns(eh_mam_run):
     _, log = eh_mam_run
     regression, ranking = series(log, "loss_regression"), series(log, "loss_ranking")
     assert len(regression) == UPDATES and len(ranking) == UPDATES  # both terms are in the optimised loss
-    assert mean(regression[-10:]) < 0.6 * mean(regression[:5])
+    # the masked frames get harder as the hard windows take over (hard fraction 0 -> 0.7): at 50 updates the
+    # late loss is 0.69 of the early one, against 0.50 with hard_selection=start and 0.45 with no hard spans,
+    # so the fall is smaller than the baseline's 0.6 (test_data2vec2_baseline_pretraining_loss_falls)
+    assert mean(regression[-10:]) < 0.75 * mean(regression[:5])
     assert mean(series(log, "ranking_loss")[-10:]) < mean(series(log, "ranking_loss")[:10])
     # the predictor orders the masked frames' losses better than chance (0.5) once it has trained
     accuracy = series(log, "ranking_accuracy")

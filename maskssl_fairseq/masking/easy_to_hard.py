@@ -8,17 +8,19 @@ fraction grows over training (easy to hard). Two ways of choosing the hard spans
   mean frame score), chosen greedily, so the hard share of the budget covers the predicted-hardest regions;
 - ``"start"``: spans *start* on the top-scored frames, as the official code does. Only a span's first frame
   is then sure to be hard and neighbouring top frames give overlapping spans: with i.i.d. scores and
-  ``hard_fraction`` 1 only 0.55 of the masked frames lie in the top-scored half, against 0.72 for windows.
+  ``hard_fraction`` 1 only 0.56 of the masked frames lie in the top-scored half, against 0.73 for windows.
 
 This is the vectorised torch version of the official ``compute_mask_indices_ema_loss`` (numpy, one Python
 iteration per utterance), with three differences:
 
-- every row masks exactly ``int(mask_prob * shortest valid length)`` frames, as :func:`span_mask` does,
-  instead of "span starts = mask_prob * T / span" followed by subsampling every row to the batch minimum;
+- every row masks exactly ``int(mask_prob * shortest valid length)`` frames, as data2vec 2.0's block mask
+  does, instead of "span starts = mask_prob * T / span" followed by subsampling every row to the batch minimum;
 - the hard span budget is ``hard_fraction`` of the ``count / span`` spans a masking without overlap
   would need, so the hard spans alone never exceed the frame budget;
-- with ``"start"``, hard spans starting on neighbouring top-scored frames overlap (as in the official
-  code), and the frames that overlap leaves free are covered by *extra random spans* rather than scattered frames.
+- the rest of the budget is drawn by data2vec 2.0's block masking (:func:`block_mask`, with
+  ``mask_prob_adjust``) on the frames the hard spans left, instead of uniform span starts, so that
+  ``hard_fraction = 0`` is exactly the data2vec 2.0 baseline's mask; frames the overlaps leave free are
+  then covered by random single frames, as data2vec 2.0's ``require_same_masks`` does.
 """
 
 import math
@@ -27,18 +29,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .block import random_blocks
 from .span import masked_frame_budget, span_starts_allowed, spans_from_starts, top_k_mask, valid_frames
 
 HARD_SELECTIONS = ("window", "start")
-
-
-def _random_span_starts(
-    allowed: torch.Tensor, num_starts: torch.Tensor, generator: Optional[torch.Generator]
-) -> torch.Tensor:
-    """Picks ``num_starts[b]`` random True positions of each row of ``allowed [B, T]`` (fewer if it has fewer)."""
-    noise = torch.rand(allowed.shape, generator=generator, device=allowed.device).masked_fill(~allowed, -1.0)
-    rank = noise.argsort(dim=1, descending=True).argsort(dim=1)
-    return (rank < num_starts.unsqueeze(1)) & allowed
 
 
 def _greedy_windows(scores: torch.Tensor, can_start: torch.Tensor, span: int, num_windows: int) -> torch.Tensor:
@@ -69,22 +63,24 @@ def easy_to_hard_mask(
     hard_fraction: float,
     *,
     hard_selection: str = "window",
+    adjust: float = 0.05,
     generator: Optional[torch.Generator] = None,
     padding_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Masks ``int(mask_prob * L)`` frames per row in spans, a share of them starting on the top scores.
+    """Masks ``int(mask_prob * L)`` frames per row: a share in spans on the top scores, the rest in random blocks.
 
     Args:
         scores: ``[B, T]`` predicted difficulty of every frame (the teacher's loss predictor); only their
             order within a row matters. Rows that are copies of one utterance (``clone_batch``) get the
-            same hard spans, and their random spans are drawn independently.
+            same hard spans, and their random blocks are drawn independently.
         mask_prob: fraction of frames to mask; ``L`` is the shortest unpadded length in the batch.
         span: span length in frames (data2vec 2.0: 5).
         hard_fraction: share in ``[0, 1]`` of the ``count / span`` span budget placed on the hardest
-            frames; 0 gives plain random span masking.
+            frames; 0 gives data2vec 2.0's block masking (:func:`block_mask`, bit for bit).
         hard_selection: ``"window"``: the hard spans are the best non-overlapping windows of ``span``
             frames by mean score (a greedy choice); ``"start"``: they start on the top-scored frames
             (official code).
+        adjust: data2vec 2.0's ``mask_prob_adjust`` for the random blocks (see :func:`block_mask`).
         generator: seeds the random spans; it must live on ``scores``' device.
         padding_mask: ``[B, T]``, True at padding; padding is never masked.
 
@@ -117,15 +113,11 @@ def easy_to_hard_mask(
         hard_starts = top_k_mask(hard_scores.masked_fill(~can_start, -math.inf), num_hard) & can_start
     hard = spans_from_starts(hard_starts, span) & valid
 
-    # random spans cover what the hard spans left of the budget, sized per row for the expected overlap
-    # of uniformly placed spans (1 - (1 - span/free)^n covered): the same rule span_mask uses
-    free = (valid & ~hard).sum(dim=1).clamp(min=1).double()
+    # the rest of the budget: data2vec 2.0's block masking on the frames the hard spans left, its share of
+    # mask_prob scaled by what is missing (at hard_fraction 0 this is block_mask exactly)
     missing = (count - hard.sum(dim=1)).clamp(min=0).double()
-    coverage = (missing / free).clamp(max=1.0 - 1e-9)
-    per_span = (span / free).clamp(max=1.0 - 1e-9)
-    num_random = torch.ceil(torch.log1p(-coverage) / torch.log1p(-per_span)).long()
-    random_starts = _random_span_starts(can_start & ~hard, num_random, generator)
-    random = spans_from_starts(random_starts, span) & valid & ~hard
+    cover = valid.sum(dim=1).double() * mask_prob * (missing / count)
+    random = random_blocks(valid, valid & ~hard, cover, span, adjust, generator)
 
     # exact count: hard frames first, then random-span frames, then any other valid frame
     noise = torch.rand(scores.shape, generator=generator, device=scores.device)

@@ -107,7 +107,8 @@ class EhMamModel(Data2Vec2AudioModel):
         # clones share the teacher's scores, so their hard spans coincide and their random spans differ
         scores = teacher_out["scores"].repeat_interleave(self.cfg.clone_batch, 0)
         return easy_to_hard_mask(scores, self.cfg.mask_prob, self.cfg.mask_length, self.hard_fraction(),
-                                 hard_selection=self.cfg.hard_selection, padding_mask=padding_mask)
+                                 hard_selection=self.cfg.hard_selection, adjust=self.cfg.mask_prob_adjust,
+                                 padding_mask=padding_mask)
 
     def extra_losses(self, result, decoder_input, frame_loss, mask, teacher_out) -> None:
         result["hard_fraction"] = self.hard_fraction()

@@ -13,7 +13,7 @@ Pieces (shapes: B batch, T frames, D ``embed_dim``, H heads):
 - :class:`TransformerBlock`: post-LN block that also returns its FFN output, data2vec 2.0's target.
 - :func:`conv_decoder_blocks` / :class:`RegressionDecoder`: the lightweight convolutional decoder.
 - :class:`Data2Vec2AudioModel`: data2vec 2.0 audio pretraining (EMA teacher, instance-normalised top-K
-  targets, ``clone_batch``, block masking with masked frames removed from the student), with hooks
+  targets, ``clone_batch``, 1-D block masking with masked frames removed from the student), with hooks
   (``draw_mask``, ``teacher_extras``, ``extra_losses``) through which EH-MAM and later methods change
   how the mask is drawn and add losses. It is not registered itself; subclasses register it.
 
@@ -39,7 +39,7 @@ from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import EMAModule, EMAModuleConfig, SamePad
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
-from ..masking import span_mask
+from ..masking import block_mask, span_mask
 from .cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
 
 
@@ -85,6 +85,11 @@ class Data2Vec2AudioConfig(FairseqDataclass):
                           "fine-tuning: wav2vec 2.0 span semantics (span starts = mask_prob * T / mask_length)"},
     )
     mask_length: int = field(default=5, metadata={"help": "span length in frames"})
+    mask_prob_adjust: float = field(
+        default=0.05,
+        metadata={"help": "pretraining: extra share of block centres making up for overlaps (data2vec 2.0 "
+                          "audio: 0.05)"},
+    )
     mask_noise_std: float = field(default=0.01, metadata={"help": "std of the noise tokens at masked frames"})
     encoder_zero_mask: bool = field(default=True, metadata={"help": "zero masked frames (else noise) before the positional convs"})
     mask_channel_prob: float = 0.0
@@ -463,9 +468,9 @@ class Data2Vec2AudioModel(BaseFairseqModel):
 
     def draw_mask(self, teacher_out: Dict[str, torch.Tensor], padding_mask: Optional[torch.Tensor], batch: int,
                   length: int, device: torch.device) -> torch.Tensor:
-        """The student's mask ``[B * clone_batch, T]``: data2vec 2.0's exact-count span masking."""
-        return span_mask(batch, length, self.cfg.mask_prob, self.cfg.mask_length, padding_mask=padding_mask,
-                         device=device)
+        """The student's mask ``[B * clone_batch, T]``: data2vec 2.0's exact-count 1-D block masking."""
+        return block_mask(batch, length, self.cfg.mask_prob, block=self.cfg.mask_length,
+                          adjust=self.cfg.mask_prob_adjust, padding_mask=padding_mask, device=device)
 
     def teacher_extras(self, teacher: TeacherModel, teacher_out: Dict[str, torch.Tensor]) -> None:
         """Adds anything else the teacher computes from its outputs (before the mask is drawn)."""

@@ -8,7 +8,7 @@ runs with hard fraction 0.5 (teacher scoring, adaptive mask and ranking loss all
 median step times is the figure to read (target: at most 1.10); on CPU the process CPU time is reported
 beside the wall time, as it is far less sensitive to other jobs on a shared machine. Mask generation is timed on its own:
 ``easy_to_hard_mask`` (both ``hard_selection`` choices) on the teacher's scores against data2vec 2.0's
-``span_mask``.
+``block_mask``.
 
     python run/bench.py eh_mam --masks-only --mask-shape 64 999   # mask times only, at a given [B, T]
     python run/bench.py eh_mam --hard-share                       # the hard-frame share table of the README
@@ -82,13 +82,13 @@ def train_step(model, optimizer, source, step: int, dtype, device: str):
 
 
 def time_masks(rows: int, frames: int, mask_prob: float, span: int, device: str, repeats: int = 20):
-    from maskssl_fairseq.masking import easy_to_hard_mask, span_mask
+    from maskssl_fairseq.masking import block_mask, easy_to_hard_mask
 
     scores = torch.randn(rows, frames, device=device)
     draws = {
         "easy_to_hard window": lambda: easy_to_hard_mask(scores, mask_prob, span, 0.5, hard_selection="window"),
         "easy_to_hard start": lambda: easy_to_hard_mask(scores, mask_prob, span, 0.5, hard_selection="start"),
-        "span_mask": lambda: span_mask(rows, frames, mask_prob, span, device=device),
+        "block_mask": lambda: block_mask(rows, frames, mask_prob, block=span, device=device),
     }
     timings = {name: [] for name in draws}
     for _ in range(repeats):
