@@ -2,14 +2,18 @@
 
 A fine-tuned checkpoint holds the task's fairseq ``Dictionary``; allow-listing that class keeps the safe
 loader (no arbitrary pickles) while letting fairseq resume training, validate and decode. Importing the
-plugin (``common.user_dir``) is enough.
+plugin (``common.user_dir``) is enough. Importing it also makes fairseq's checkpoint copies atomic
+(:func:`atomic_copy`).
 """
 
+import os
+import shutil
 from pathlib import Path
 from typing import Tuple
 
 import torch
 from fairseq.data import Dictionary
+from fairseq.file_io import PathManager
 
 torch.serialization.add_safe_globals([Dictionary])
 
@@ -27,3 +31,29 @@ def load_finetuned(checkpoint: Path, data_dir: Path, device: str) -> Tuple[torch
     )
     model = models[0].eval().to(device)
     return model, task.target_dictionary, bool(cfg.task.normalize), int(cfg.task.sample_rate)
+
+
+_fairseq_copy = PathManager.copy
+
+
+def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+    """``PathManager.copy`` through a temporary file and a rename, for local paths.
+
+    fairseq writes the first checkpoint of a save atomically (``torch_persistent_save``) and copies it to the
+    other names, ``checkpoint_last.pt`` among them, with a plain ``shutil.copyfile``: a process killed during
+    that copy would leave a truncated ``checkpoint_last.pt``, from which the next run cannot resume.
+    """
+    if not PathManager.supports_rename(dst_path):
+        return _fairseq_copy(src_path, dst_path, overwrite=overwrite)
+    if not overwrite and os.path.exists(dst_path):
+        return False
+    partial = f"{dst_path}.tmp"
+    with open(src_path, "rb") as source, open(partial, "wb") as target:
+        shutil.copyfileobj(source, target, length=16 << 20)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(partial, dst_path)
+    return True
+
+
+PathManager.copy = staticmethod(atomic_copy)

@@ -1,0 +1,148 @@
+"""Exact resume after ``kill -9``: crops from seed, epoch and index; checkpoints that a kill cannot corrupt."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+import maskssl_fairseq  # noqa: F401  (installs the seeded crops and the atomic checkpoint copy)
+from fairseq.file_io import PathManager
+from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
+from helpers import PLUGIN_DIR, REPO, VENV_BIN, logged, run_checked
+from maskssl_fairseq.data.seeded_crops import crop_offset
+
+EH_MAM = REPO / "examples" / "eh_mam"
+
+
+def crops(dataset, ids):
+    batch = dataset.collater([dataset[i] for i in ids])
+    return {int(i): source for i, source in zip(batch["id"], batch["net_input"]["source"])}
+
+
+def test_crops_are_a_function_of_seed_epoch_and_index(demo_corpus):
+    config = AudioPretrainingConfig(data=str(demo_corpus), max_sample_size=12000, min_sample_size=0, seed=3, tpu=False)
+    task = AudioPretrainingTask.setup_task(OmegaConf.structured(config))
+    task.load_dataset("pretrain")
+    dataset = task.datasets["pretrain"]
+    assert dataset.crop_seed == 3
+    dataset.set_epoch(2)
+    first = crops(dataset, [0, 1, 2])
+    np.random.seed(99)  # fairseq's own crop would follow numpy's global state
+    np.random.rand(17)
+    again = crops(dataset, [2, 0, 1])  # another order, as another rank's or a resumed run's collater sees it
+    for i in first:
+        assert torch.equal(first[i], again[i]), i
+        whole = dataset[i]["source"]
+        start = crop_offset(3, 2, i, len(whole) - 12000)
+        assert torch.equal(first[i], whole[start:start + 12000]), i  # fairseq's crop: a window of the utterance
+    dataset.set_epoch(3)
+    assert any(not torch.equal(first[i], source) for i, source in crops(dataset, [0, 1, 2]).items())
+
+
+COPY_FOREVER = """
+import shutil
+import sys
+if sys.argv[1] == "plugin":
+    import maskssl_fairseq
+    from fairseq.file_io import PathManager
+    def copy(source, target):
+        PathManager.copy(source, target, overwrite=True)
+else:
+    copy = shutil.copyfile  # what fairseq's PathManager.copy does without the plugin
+print("copying", flush=True)
+while True:
+    for source in sys.argv[2:4]:
+        copy(source, sys.argv[4])
+"""
+
+
+def kill_while_copying(mode: str, small: Path, large: Path, last: Path) -> dict:
+    """Copies ``small`` and ``large`` over ``last`` in turn until SIGKILL; returns what ``last`` then loads."""
+    proc = subprocess.Popen([sys.executable, "-c", COPY_FOREVER, mode, small, large, last], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "copying"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return torch.load(last, weights_only=True)
+
+
+def test_checkpoint_copy_survives_kill_9(tmp_path):
+    """fairseq saves the first checkpoint name atomically and *copies* it to the others (checkpoint_last.pt);
+    killed mid-copy, its shutil copy leaves a truncated file; the plugin's copy renames a finished one."""
+    small, large, last = tmp_path / "small.pt", tmp_path / "large.pt", tmp_path / "checkpoint_last.pt"
+    torch.save({"update": 1}, small)
+    torch.save({"update": 2, "weights": torch.randn(12_000_000)}, large)  # 48 MB: copying takes a while
+    for attempt in range(2):
+        assert kill_while_copying("plugin", small, large, last)["update"] in (1, 2)  # loads: never truncated
+    truncated = 0
+    for attempt in range(3):
+        try:
+            kill_while_copying("shutil", small, large, last)
+        except Exception:
+            truncated += 1
+    assert truncated >= 1, "the reference copy was never caught mid-write: the test cannot tell the two apart"
+    assert PathManager.copy(str(small), str(tmp_path / "copy.pt"), overwrite=True)  # fairseq asserts the result
+    assert torch.load(tmp_path / "copy.pt", weights_only=True) == {"update": 1}
+
+
+RANDOM_CROPS = [
+    "dataset.max_tokens=96000",
+    "task.max_sample_size=24000",  # 1.5 s windows of longer utterances
+    "model.feature_encoder_spec='[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2'",
+    "optimization.max_update=7",
+    "checkpoint.save_interval_updates=3",
+    "lr_scheduler.warmup_updates=2",
+]
+
+
+def train_command(demo_corpus, run_dir):
+    return [
+        VENV_BIN / "fairseq-hydra-train", "--config-dir", EH_MAM, "--config-name", "tiny",
+        f"common.user_dir={PLUGIN_DIR}", "common.log_interval=1", f"task.data={demo_corpus}",
+        f"hydra.run.dir={run_dir}", *RANDOM_CROPS,
+    ]
+
+
+def model_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def test_kill_9_between_checkpoints_then_resume_exactly(demo_corpus, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    reference = logged(run_checked(train_command(demo_corpus, straight)))
+    assert [int(r["num_updates"]) for r in reference] == list(range(1, 8))
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.Popen([str(c) for c in train_command(demo_corpus, interrupted)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if '"num_updates": "4"' in line:  # past the checkpoint at update 3, before the one at 6
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    assert any("Saved checkpoint" in line and "@ 3 updates" in line for line in seen), "".join(seen[-30:])
+    assert not any("@ 6 updates" in line for line in seen)
+    assert torch.load(interrupted / "checkpoints" / "checkpoint_last.pt", map_location="cpu",
+                      weights_only=False)["optimizer_history"][-1]["num_updates"] == 3
+
+    resumed = logged(run_checked(train_command(demo_corpus, interrupted)))
+    assert [int(r["num_updates"]) for r in resumed] == [4, 5, 6, 7]
+    for key in ("loss", "loss_regression", "loss_ranking", "masked_pct", "ranking_accuracy", "gnorm"):
+        assert [r[key] for r in resumed] == [r[key] for r in reference[3:]], key
+    final, expected = model_state(interrupted), model_state(straight)
+    assert final.keys() == expected.keys()
+    for key, value in expected.items():
+        if key == "_ema":
+            assert all(torch.equal(final[key][name], tensor) for name, tensor in value.items()), "EMA teacher"
+        else:
+            assert torch.equal(final[key], value), key
