@@ -14,6 +14,8 @@ HuBERT BASE, data2vec 2.0) sees a padded row's zeros, so a batched CNN changes a
 (by up to 0.2). The frames of each utterance are then padded with zeros, which is what the positional
 convolutions see past the end of an utterance run alone, and the transformer runs batched with the padded
 frames excluded as keys. A frame is valid if the convolution arithmetic gives it for the utterance's length.
+An ARMHuBERT student with ``official_compat`` pairs attention maps with other samples of its batch (the released
+code's behaviour), so only its batches of one utterance equal the utterance alone.
 """
 
 import math
