@@ -113,8 +113,11 @@ class Data2Vec2AudioConfig(FairseqDataclass):
     ema_decay: float = 0.999
     ema_end_decay: float = 0.99999
     ema_anneal_end_step: int = 75000
-    min_target_var: float = field(default=0.1, metadata={"help": "stop after 5k updates if the target variance falls below"})
-    min_pred_var: float = field(default=0.01, metadata={"help": "stop after 5k updates if the prediction variance falls below"})
+    min_target_var: float = field(default=0.1, metadata={"help": "stop if the targets' mean std falls below (collapse)"})
+    min_pred_var: float = field(default=0.01, metadata={"help": "stop if the predictions' mean std falls below (collapse)"})
+    collapse_check_after: int = field(
+        default=5000, metadata={"help": "updates after which min_target_var and min_pred_var are checked (data2vec 2.0: 5000)"}
+    )
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -526,7 +529,7 @@ class Data2Vec2AudioModel(BaseFairseqModel):
             result["pred_var"] = self.compute_var(prediction.float())
             result["target_var"] = self.compute_var(targets)
             result["ema_decay"] = self.ema.get_decay() * 1000
-            if self.num_updates > 5000:
+            if self.num_updates >= self.cfg.collapse_check_after:
                 self.check_collapse(result)
         return result
 
@@ -536,11 +539,19 @@ class Data2Vec2AudioModel(BaseFairseqModel):
         return torch.sqrt(y.var(dim=0) + 1e-6).mean() if y.size(0) > 1 else y.new_zeros(())
 
     def check_collapse(self, result: Dict) -> None:
-        if result["target_var"] < self.cfg.min_target_var:
-            raise RuntimeError(f"target var is {float(result['target_var']):.4f} < min_target_var "
-                               f"{self.cfg.min_target_var}: the teacher has collapsed (try a lower lr)")
-        if result["pred_var"] < self.cfg.min_pred_var:
-            raise RuntimeError(f"pred var is {float(result['pred_var']):.4f} < min_pred_var {self.cfg.min_pred_var}")
+        update, cfg = self.num_updates + 1, self.cfg
+        later = f"model.collapse_check_after={cfg.collapse_check_after} delays the check"
+        if result["target_var"] < cfg.min_target_var:
+            raise RuntimeError(
+                f"model.min_target_var: the EMA teacher's targets collapsed at update {update} (mean std "
+                f"{float(result['target_var']):.4f} < {cfg.min_target_var}: every frame gets nearly the same target); "
+                f"try a lower optimization.lr, a longer lr_scheduler.warmup_updates or a slower teacher "
+                f"(model.ema_decay, model.ema_end_decay closer to 1); {later}")
+        if result["pred_var"] < cfg.min_pred_var:
+            raise RuntimeError(
+                f"model.min_pred_var: the student's predictions collapsed at update {update} (mean std "
+                f"{float(result['pred_var']):.4f} < {cfg.min_pred_var}: the decoder predicts nearly one vector); "
+                f"try a lower optimization.lr or a longer lr_scheduler.warmup_updates; {later}")
 
     # ---- fine-tuning interface (fairseq's wav2vec_ctc) -----------------------------------------------
 
