@@ -6,7 +6,8 @@
 Greedy CTC by default; with ``--lexicon`` a lexicon-constrained beam search (torchaudio's ``ctc_decoder``,
 flashlight-text), scored by a KenLM model when ``--lm`` is given. The references are the manifest's ``.wrd``
 file (or its ``.ltr`` file turned into words). Writes ``hyp.wrd``, ``ref.wrd`` and ``wer.json`` into ``--out``
-(default: ``decode_<manifest name>`` next to the checkpoint) and prints WER and CER.
+(default: ``decode_<manifest name>`` next to the checkpoint) and prints WER and CER (characters with spaces,
+as jiwer, ESPnet and HF ``evaluate`` count them).
 """
 
 import argparse
@@ -38,6 +39,11 @@ def greedy(emissions: torch.Tensor, lengths: torch.Tensor, symbols: List[str], d
         ids = torch.unique_consecutive(best[:length]).tolist()
         hyps.append(letters_to_words([symbols[i] for i in ids if i not in dropped]))
     return hyps
+
+
+def characters(sentence: str) -> List[str]:
+    """CER's units as jiwer, ESPnet and HF ``evaluate`` count them: every character, single spaces included."""
+    return list(" ".join(sentence.split()))
 
 
 def error_rate(hyps: List[str], refs: List[str], unit) -> float:
@@ -104,7 +110,7 @@ def main(argv=None):
     print()
 
     wer = error_rate(hyps, refs, str.split)
-    cer = error_rate(hyps, refs, lambda s: list(s.replace(" ", "")))
+    cer = error_rate(hyps, refs, characters)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hyp.wrd").write_text("".join(h + "\n" for h in hyps))
     (out / "ref.wrd").write_text("".join(r + "\n" for r in refs))
