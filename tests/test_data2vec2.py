@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from maskssl_fairseq.masking import wav2vec2_span_mask
 from maskssl_fairseq.models.eh_mam import EhMamConfig, EhMamModel
 from maskssl_fairseq.modules.cnn_frontend import conv_output_lengths
 from maskssl_fairseq.modules.data2vec2_audio import instance_norm_average
@@ -108,11 +109,36 @@ def test_state_dict_round_trip_keeps_the_teacher():
 
 def test_fine_tuning_masks_keep_full_length():
     model = data2vec2(mask_prob=0.65, mask_length=5, mask_channel_prob=0.25, mask_channel_length=4).train()
-    out = model.extract_features(torch.randn(2, 32000), mask=True)
+    source = torch.randn(2, 32000)
+    out = model.extract_features(source, mask=True)
     mask = out["mask"]
     assert out["x"].shape[1] == mask.shape[1] == 99
-    # wav2vec 2.0 span semantics: 0.65 * T / 5 span starts cover about 1 - exp(-0.65) of the frames
-    assert abs(mask.float().mean().item() - 0.48) < 0.03
+    assert mask.sum(1).eq(mask[0].sum()).all()  # fairseq's require_same_masks
+    # masked channels are zeroed for every frame: the encoder input differs from the unmasked one
+    assert not torch.allclose(out["x"], model.extract_features(source, mask=False)["x"])
+
+
+@pytest.mark.parametrize("fields", [
+    dict(),  # data2vec 2.0: static spans, min_masks 1
+    dict(mask_selection="uniform", mask_other=2.0, mask_min_masks=2, no_mask_overlap=True, mask_min_space=2),
+    dict(mask_selection="normal", mask_other=1.0, require_same_masks=False),
+])
+def test_fine_tuning_time_mask_is_fairseqs_compute_mask_indices(fields):
+    """The mask is wav2vec2_span_mask (tested against fairseq's compute_mask_indices) under the config's fields."""
+    model = data2vec2(mask_prob=0.65, mask_length=5, **fields).train()
+    source, padding = torch.randn(3, 32000), torch.zeros(3, 32000, dtype=torch.bool)
+    padding[1, 24000:] = True
+    torch.manual_seed(5)
+    out = model.extract_features(source, padding_mask=padding, mask=True)
+    torch.manual_seed(5)
+    expected = wav2vec2_span_mask(
+        3, 99, 0.65, 5, mask_type=fields.get("mask_selection", "static"), mask_other=fields.get("mask_other", 0.0),
+        min_masks=fields.get("mask_min_masks", 1), no_overlap=fields.get("no_mask_overlap", False),
+        min_space=fields.get("mask_min_space", 1), same_count=fields.get("require_same_masks", True),
+        padding_mask=out["padding_mask"],
+    )
+    assert out["padding_mask"][1].any() and not (out["mask"] & out["padding_mask"]).any()
+    assert torch.equal(out["mask"], expected)
 
 
 def test_unequal_mask_counts_fail_clearly():

@@ -12,3 +12,4 @@ from .dispersion import dispersion_weighted_mask, patch_dispersion  # noqa: F401
 from .schedules import hint_ratio  # noqa: F401
 from .easy_to_hard import easy_to_hard_mask  # noqa: F401
 from .informed import informed_mask  # noqa: F401
+from .wav2vec2 import wav2vec2_span_mask  # noqa: F401

@@ -33,14 +33,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import EMAModule, EMAModuleConfig, SamePad
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
-from ..masking import block_mask, span_mask
+from ..masking import block_mask, wav2vec2_span_mask
+from ..masking.wav2vec2 import MASK_TYPES
 from .cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
+
+MASK_SELECTIONS = ChoiceEnum(list(MASK_TYPES))
 
 
 @dataclass
@@ -82,7 +85,7 @@ class Data2Vec2AudioConfig(FairseqDataclass):
     mask_prob: float = field(
         default=0.5,
         metadata={"help": "pretraining: exact fraction of frames masked (data2vec 2.0 block masking); "
-                          "fine-tuning: wav2vec 2.0 span semantics (span starts = mask_prob * T / mask_length)"},
+                          "fine-tuning: fairseq's compute_mask_indices (span starts = mask_prob * T / mask_length)"},
     )
     mask_length: int = field(default=5, metadata={"help": "span length in frames"})
     mask_prob_adjust: float = field(
@@ -92,8 +95,26 @@ class Data2Vec2AudioConfig(FairseqDataclass):
     )
     mask_noise_std: float = field(default=0.01, metadata={"help": "std of the noise tokens at masked frames"})
     encoder_zero_mask: bool = field(default=True, metadata={"help": "zero masked frames (else noise) before the positional convs"})
+    # fine-tuning masks (wav2vec_ctc's apply_mask): fairseq's compute_mask_indices statistics, wav2vec 2.0's
+    # field names, which wav2vec_ctc overrides by name
+    mask_selection: MASK_SELECTIONS = field(default="static", metadata={"help": "fine-tuning: how span lengths are drawn"})
+    mask_other: float = field(
+        default=0.0, metadata={"help": "fine-tuning: lowest length (uniform) or std (normal) of the spans"}
+    )
+    mask_min_masks: int = field(
+        default=1, metadata={"help": "fine-tuning: at least this many spans per row (data2vec 2.0: 1; wav2vec 2.0: 2)"}
+    )
+    no_mask_overlap: bool = field(default=False, metadata={"help": "fine-tuning: spans do not overlap"})
+    mask_min_space: int = field(default=1, metadata={"help": "fine-tuning: frames kept between spans with no_mask_overlap"})
+    require_same_masks: bool = field(
+        default=True, metadata={"help": "fine-tuning: cut every row to the batch's smallest masked count"}
+    )
     mask_channel_prob: float = 0.0
     mask_channel_length: int = 64
+    mask_channel_selection: MASK_SELECTIONS = "static"
+    mask_channel_other: float = 0.0
+    no_mask_channel_overlap: bool = False
+    mask_channel_min_space: int = 1
     clone_batch: int = field(default=1, metadata={"help": "masked copies of every utterance per teacher pass"})
 
     # regression decoder
@@ -340,14 +361,6 @@ def instance_norm_average(layer_results: List[torch.Tensor], top_k: int, instanc
     return torch.stack(layers).mean(0)
 
 
-def wav2vec2_span_coverage(mask_prob: float, span: int, length: int) -> float:
-    """Expected masked fraction of fairseq's ``compute_mask_indices``: ``mask_prob * T / span`` uniform
-    span starts overlapping, ``1 - (1 - span / T) ** (mask_prob * T / span)``."""
-    if length <= span:
-        return min(mask_prob, 1.0)
-    return 1.0 - (1.0 - span / length) ** (mask_prob * length / span)
-
-
 class TeacherModel(nn.Module):
     """What the EMA teacher holds: the context encoder plus any module a subclass names in
     ``teacher_modules`` (EH-MAM: its loss predictor). Attribute names equal the student's, so
@@ -559,21 +572,28 @@ class Data2Vec2AudioModel(BaseFairseqModel):
         """Full-sequence features for fine-tuning: ``{"x": [B, T, D], "padding_mask", "layer_results"}``.
 
         With ``mask`` (wav2vec_ctc's ``apply_mask`` while training), frames are masked as wav2vec 2.0
-        fine-tuning does (noise or zeros, not removed) and channels are zeroed with ``mask_channel_prob``.
+        fine-tuning does (noise or zeros, not removed; spans drawn with fairseq's ``compute_mask_indices``
+        statistics, :func:`maskssl_fairseq.masking.wav2vec2_span_mask`) and channels are zeroed with
+        ``mask_channel_prob``.
         """
         features = self.local_features(source)
         batch, length, dim = features.shape
         padding_mask = self.frame_padding_mask(padding_mask, length)
+        cfg = self.cfg
         time_mask = None
-        if mask and self.cfg.mask_prob > 0:
-            shortest = length if padding_mask is None else int((~padding_mask).sum(1).min())
-            coverage = wav2vec2_span_coverage(self.cfg.mask_prob, self.cfg.mask_length, shortest)
-            time_mask = span_mask(batch, length, coverage, self.cfg.mask_length, padding_mask=padding_mask,
-                                  device=features.device)
-            features = mask_frames(features, time_mask, self.cfg)
-        if mask and self.cfg.mask_channel_prob > 0:
-            coverage = wav2vec2_span_coverage(self.cfg.mask_channel_prob, self.cfg.mask_channel_length, dim)
-            channels = span_mask(batch, dim, coverage, self.cfg.mask_channel_length, device=features.device)
+        if mask and cfg.mask_prob > 0:
+            time_mask = wav2vec2_span_mask(
+                batch, length, cfg.mask_prob, cfg.mask_length, mask_type=cfg.mask_selection, mask_other=cfg.mask_other,
+                min_masks=cfg.mask_min_masks, no_overlap=cfg.no_mask_overlap, min_space=cfg.mask_min_space,
+                same_count=cfg.require_same_masks, padding_mask=padding_mask, device=features.device,
+            )
+            features = mask_frames(features, time_mask, cfg)
+        if mask and cfg.mask_channel_prob > 0:
+            channels = wav2vec2_span_mask(
+                batch, dim, cfg.mask_channel_prob, cfg.mask_channel_length, mask_type=cfg.mask_channel_selection,
+                mask_other=cfg.mask_channel_other, no_overlap=cfg.no_mask_channel_overlap,
+                min_space=cfg.mask_channel_min_space, device=features.device,
+            )
             features = features.masked_fill(channels.unsqueeze(1), 0.0)
         out = self.encoder(features, padding_mask)
         return {"x": out["x"], "padding_mask": out["padding_mask"], "layer_results": out["layer_results"],
