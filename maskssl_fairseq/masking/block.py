@@ -76,8 +76,7 @@ def random_blocks(valid: torch.Tensor, free: torch.Tensor, cover: torch.Tensor, 
     # the k-th free frame of a row, k uniform in [0, free frames): with no frame taken, k is the frame itself
     draw = torch.rand(batch, most, generator=generator, device=valid.device)
     rank = (draw * num_free.unsqueeze(1)).long().clamp(max=(num_free - 1).clamp(min=0).unsqueeze(1))
-    free_positions = torch.sort((~free).to(torch.uint8), dim=1, stable=True).indices
-    centres = free_positions.gather(1, rank)
+    centres = torch.searchsorted(free.long().cumsum(dim=1), rank + 1).clamp(max=valid.size(1) - 1)
     # rows that need fewer centres than the most repeat their first one, which adds nothing
     centres = torch.where(torch.arange(most, device=valid.device) < num_centres.unsqueeze(1), centres, centres[:, :1])
     covered = blocks_around(centres, block, (valid.size(1),), lengths=valid.sum(dim=1))
