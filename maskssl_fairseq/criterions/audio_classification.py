@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
-from fairseq.logging import metrics
+from fairseq.logging import meters, metrics
 from fairseq.logging.meters import Meter
 
 
@@ -50,6 +50,11 @@ class MeanAveragePrecisionMeter(Meter):
         if not self.scores:
             return float("nan")
         return round(mean_average_precision(torch.cat(self.scores), torch.cat(self.targets)), 5)
+
+
+# a checkpoint saves the validation meters by class name, and fairseq looks the name up in its meters module
+# when it resumes
+meters.MeanAveragePrecisionMeter = MeanAveragePrecisionMeter
 
 
 @dataclass
