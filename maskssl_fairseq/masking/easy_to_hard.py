@@ -8,7 +8,7 @@ fraction grows over training (easy to hard). Two ways of choosing the hard spans
   mean frame score), chosen greedily, so the hard share of the budget covers the predicted-hardest regions;
 - ``"start"``: spans *start* on the top-scored frames, as the official code does. Only a span's first frame
   is then sure to be hard and neighbouring top frames give overlapping spans: with i.i.d. scores and
-  ``hard_fraction`` 1 only 0.56 of the masked frames lie in the top-scored half, against 0.73 for windows.
+  ``hard_fraction`` 1 only 0.55 of the masked frames lie in the top-scored half, against 0.73 for windows.
 
 This is the vectorised torch version of the official ``compute_mask_indices_ema_loss`` (numpy, one Python
 iteration per utterance), with three differences:
