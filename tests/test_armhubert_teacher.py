@@ -9,7 +9,7 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from omegaconf import OmegaConf
 
-from helpers import REPO, fairseq_hydra_train
+from helpers import REPO, fairseq_hydra_train, series
 from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel, load_teacher
 from maskssl_fairseq.modules.cnn_frontend import frame_padding_mask
 from maskssl_fairseq.modules.hubert_teacher import HubertTeacher
@@ -107,9 +107,10 @@ def build_student(name: str, **overrides) -> ArmHubertModel:
     return ArmHubertModel.build_model(OmegaConf.merge(OmegaConf.structured(ArmHubertConfig), model_cfg))
 
 
-def test_distillation_targets_come_from_the_teachers_padding_and_the_shared_mask():
+@pytest.mark.parametrize("mask_style", ["exact", "fairseq"])
+def test_distillation_targets_come_from_the_teachers_padding_and_the_shared_mask(mask_style):
     teacher = HubertTeacher(tiny_hubert())
-    student = build_student("tiny", teacher_embed_dim=64)
+    student = build_student("tiny", teacher_embed_dim=64, mask_style=mask_style)
     object.__setattr__(student, "teacher", teacher)
     student.train()
     source, padding = padded_batch([32000, 16000, 24000], 32000)
@@ -198,9 +199,12 @@ def test_armwavlm_student_trains_one_update_with_a_random_wavlm_teacher(demo_cor
     authors, _ = wavlm_files
     log = fairseq_hydra_train(
         CONFIGS, "tiny", f"task.data={demo_corpus}", f"model.teacher_path={authors}", "++model.teacher_type=wavlm",
+        "++model.mask_style=fairseq",
         "optimization.max_update=1", "dataset.disable_validation=true", run_dir=tmp_path,
     )
     assert "loaded the WavLMTeacher" in log
+    fraction = series(log, "masked_fraction")
+    assert len(fraction) == 1 and 0.2 < fraction[0] < 0.75  # the released mask covers well under mask_prob 0.8
     state = torch.load(tmp_path / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert state["optimizer_history"][-1]["num_updates"] == 1
     student = build_student("tiny")
@@ -213,3 +217,29 @@ def test_armwavlm_configs_build_the_paper_s_22_39_m_student():
         model = build_student(name)
         assert model.cfg.teacher_type == "wavlm"
         assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 22.39
+
+
+def mask_statistics(mask: torch.Tensor):
+    """(masked share, mean length of a masked run in frames) of a ``[B, T]`` mask."""
+    starts = mask.clone()
+    starts[:, 1:] &= ~mask[:, :-1]
+    return mask.float().mean().item(), mask.sum().item() / max(starts.sum().item(), 1)
+
+
+@pytest.mark.parametrize(
+    "mask_prob, seconds, share, run",  # the issue's "official" column: the released code's masks, B = 18
+    [(0.8, 2, 0.48, 2.8), (0.8, 12, 0.67, 4.5), (0.4, 2, 0.18, 1.9), (0.4, 12, 0.31, 3.6)],
+)
+def test_released_mask_style_has_the_released_statistics(mask_prob, seconds, share, run):
+    student = build_student("armhubert", mask_prob=mask_prob)
+    assert student.cfg.mask_style == "fairseq"  # the paper configs mask as the released code does
+    frames = (seconds * 16000 - 400) // 320 + 1
+    torch.manual_seed(0)
+    stats = [mask_statistics(student.distillation_mask((18, frames), None, torch.device("cpu"))) for _ in range(40)]
+    measured_share = sum(s for s, _ in stats) / len(stats)
+    measured_run = sum(r for _, r in stats) / len(stats)
+    assert abs(measured_share - share) < 0.03, (measured_share, share)
+    assert abs(measured_run - run) < 0.3, (measured_run, run)
+    exact = build_student("armhubert", mask_prob=mask_prob, mask_style="exact")
+    exact_share, exact_run = mask_statistics(exact.distillation_mask((18, frames), None, torch.device("cpu")))
+    assert abs(exact_share - mask_prob) < 0.01 and exact_run > 1.5 * run  # today's exact span mask, for contrast

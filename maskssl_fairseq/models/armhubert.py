@@ -27,7 +27,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import LayerNorm
 
-from ..masking import span_mask
+from ..masking import span_mask, wav2vec2_span_mask
 from ..modules.cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
 from ..modules.hubert_teacher import HubertTeacher
 from ..modules.speech_teacher import FrozenTeacher, checkpoint_kind
@@ -225,8 +225,6 @@ class ArmHubertModel(BaseFairseqModel):
         """Frame mask ``[B, T]`` shared by student and teacher, in ``model.mask_style``."""
         batch, length = shape
         if self.cfg.mask_style == "fairseq":
-            from ..masking.wav2vec2 import wav2vec2_span_mask
-
             return wav2vec2_span_mask(batch, length, self.cfg.mask_prob, self.cfg.mask_length, **RELEASED_MASK,
                                       padding_mask=teacher_padding, device=device)
         return span_mask(batch, length, self.cfg.mask_prob, self.cfg.mask_length, padding_mask=teacher_padding,
