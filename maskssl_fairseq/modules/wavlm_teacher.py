@@ -233,11 +233,14 @@ class WavLMTeacher(FrozenTeacher):
 
     def encode(self, features: torch.Tensor, frame_padding: Optional[torch.Tensor]) -> List[torch.Tensor]:
         transformer = self.model.encoder.transformer
+        key_padding = None
         if frame_padding is not None:
             features = features.masked_fill(frame_padding.unsqueeze(-1), 0.0)
+            # additive, in the bias's dtype: torchaudio adds it to the position bias (a bool mask warns every layer)
+            key_padding = features.new_zeros(frame_padding.shape).masked_fill(frame_padding, float("-inf"))
         x = transformer._preprocess(features)
         outputs, position_bias = [], None
         for layer in transformer.layers:
-            x, position_bias = layer(x, position_bias=position_bias, key_padding_mask=frame_padding)
+            x, position_bias = layer(x, position_bias=position_bias, key_padding_mask=key_padding)
             outputs.append(x)
         return outputs
