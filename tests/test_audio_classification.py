@@ -129,6 +129,11 @@ def test_m2d_checkpoint_gets_mean_pooling_and_layer_decay(demo_corpus, tmp_path)
     assert scales["head.weight"] == 1.0 and model.head.bias.param_group == "no_decay"
     logits = model.eval()(torch.randn(2, 16000) * 0.1)["logits"]
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    # the from-scratch baseline: the same architecture and front-end statistics, fresh weights
+    cfg.random_init, cfg.pretrained_args = True, None
+    scratch = SpectrogramClassifierModel.build_model(cfg)
+    assert torch.equal(scratch.frontend.norm_stats, saved["frontend.norm_stats"])
+    assert not torch.equal(scratch.encoder.blocks[0].mlp.fc1.weight, saved["encoder.blocks.0.mlp.fc1.weight"])
 
 
 def write_task(data: Path, labels: list, clips: int = 3) -> None:

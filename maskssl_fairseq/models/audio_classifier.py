@@ -61,7 +61,9 @@ def load_pretrained(path: str, random_init: bool = False):
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
     args = OmegaConf.to_container(OmegaConf.create(state["cfg"]["model"]), resolve=True)
     model = build_pretraining_model(args, f"model.pretrained_path ({path})")
-    if not random_init:
+    if random_init:  # the front-end statistics are data, not learned weights: keep them
+        model.frontend.norm_stats.copy_(state["model"]["frontend.norm_stats"])
+    else:
         model.load_state_dict(state["model"], strict=True)
     return model, args
 
@@ -73,8 +75,7 @@ def build_pretraining_model(args: dict, where: str) -> MaskedSpectrogramModel:
         raise ValueError(f"{where}: a {name!r} model, not one of the spectrogram models (eat, m2d, msm_mae)")
     cfg = OmegaConf.merge(OmegaConf.structured(MODEL_DATACLASS_REGISTRY[name]), args)
     model = model_class(cfg)
-    # the checkpoint (or the fine-tuned one loaded next) holds the statistics; these make a random-init
-    # baseline usable until then
+    # placeholders until the checkpoint's statistics are loaded over them
     if torch.isnan(model.frontend.norm_stats).any():
         model.frontend.set_norm_stats(0.0, 1.0)
     return model
