@@ -385,6 +385,10 @@ class Data2Vec2AudioModel(BaseFairseqModel):
     def __init__(self, cfg: Data2Vec2AudioConfig):
         super().__init__()
         self.cfg = cfg
+        if not 0 <= cfg.mask_prob <= 1:
+            raise ValueError(f"model.mask_prob must be in [0, 1], got {cfg.mask_prob}")
+        if cfg.clone_batch < 1:
+            raise ValueError(f"model.clone_batch must be at least 1 (masked copies of each utterance), got {cfg.clone_batch}")
         self.conv_layers = parse_config_list(cfg.feature_encoder_spec, "feature_encoder_spec")
         feature_dim = self.conv_layers[-1][0]
         self.feature_extractor = ConvFeatureExtractionModel(

@@ -64,6 +64,9 @@ class MaskedSpectrogramModel(BaseFairseqModel):
     def __init__(self, cfg: MaskedSpectrogramConfig):
         super().__init__()
         self.cfg = cfg
+        if not 0 < cfg.mask_ratio < 1:
+            raise ValueError(f"model.mask_ratio must be in (0, 1): the encoder needs visible patches and the loss masked "
+                             f"ones; got {cfg.mask_ratio}")
         if cfg.masking in ("dwm", "sgim") and cfg.hint_constant is None and cfg.max_update <= 0:
             raise ValueError(f"model.masking={cfg.masking} anneals its hint ratio over optimization.max_update, which is not set; "
                              "set optimization.max_update or model.hint_constant")
