@@ -233,10 +233,21 @@ def _write_all(out: Path, texts: dict[Path, str]) -> None:
             temporary.unlink(missing_ok=True)
 
 
+def text_lines(path: Path, problems: list[str]) -> list[str]:
+    """The lines of a UTF-8 text file; a byte that is not UTF-8 is reported at its line and ends the file there."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        problems.append(f"{path}:{line}: not UTF-8 (byte {data[error.start]:#04x}: {error.reason})")
+        return data[:error.start].decode("utf-8").splitlines()[: line - 1]
+
+
 def read_dictionary(path: Path, problems: list[str]) -> set[str]:
     """The symbols of a fairseq ``Dictionary`` file (``<symbol> <count>[ #fairseq:overwrite]`` per line)."""
     symbols = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text_lines(path, problems), 1):
         symbol, _, count = line.removesuffix(" #fairseq:overwrite").rstrip().rpartition(" ")
         if not symbol or not count.isdigit():
             problems.append(f"{path}:{number}: expected '<symbol> <count>', got {line!r}")
@@ -253,24 +264,31 @@ def validate_manifest(
     Returns every problem as ``<file>:<line>: <what is wrong>``, and a one-line summary.
     """
     numbered: list[tuple[int, str]] = []  # (line, what is wrong) in the tsv
-    lines = tsv.read_text(encoding="utf-8").splitlines()
+    encoding: list[str] = []
+    lines = text_lines(tsv, encoding)
     root = Path(lines[0].strip()) if lines else None
     if root is None or not root.is_dir():
         numbered.append((1, f"the first line must be an existing audio root directory, got {lines[:1]}"))
     rows: list[tuple[int, str, int]] = []
+    first_seen: dict[str, int] = {}
     for number, line in enumerate(lines[1:], 2):
         fields = line.strip().split("\t")  # as fairseq's FileAudioDataset reads it
         if len(fields) != 2 or not fields[0] or not (fields[1].isascii() and fields[1].isdigit()):
             numbered.append((number, f"expected 'relative/path<TAB>num_samples', got {line!r}"))
+        elif fields[0] in first_seen:
+            numbered.append((number, f"{fields[0]} is listed again (first at line {first_seen[fields[0]]})"))
         elif int(fields[1]) == 0:
-            numbered.append((number, "the stated number of samples is 0"))
+            numbered.append((number, f"the stated number of samples of {fields[0]} is 0"))
         else:
             rows.append((number, fields[0], int(fields[1])))
+        first_seen.setdefault(fields[0], number)
+    if len(lines) == 1:
+        numbered.append((1, "no utterances after the audio root line"))
     if root is not None and root.is_dir():
         found = _map_files(_inspect_audio, [root / path for _, path, _ in rows])
         for (number, path, stated), audio in zip(rows, found, strict=True):
             numbered += [(number, f"{root / path}: {what}") for what in _audio_problems(audio, stated, sample_rate)]
-    problems = [f"{tsv}:{number}: {what}" for number, what in sorted(numbered, key=lambda item: item[0])]
+    problems = encoding + [f"{tsv}:{number}: {what}" for number, what in sorted(numbered, key=lambda item: item[0])]
     utterances = len(lines) - 1
     summary = f"{tsv}: {utterances} utterances, {sum(s for _, _, s in rows) / sample_rate / 3600:.2f} hours"
     if labels:
@@ -325,7 +343,7 @@ def _label_problems(label_file: Path, utterances: int, dictionary: Path) -> list
     if problems:
         return problems
     symbols = read_dictionary(dictionary, problems)
-    lines = label_file.read_text(encoding="utf-8").splitlines()
+    lines = text_lines(label_file, problems)
     for number, line in enumerate(lines, 1):
         unknown = sorted(set(line.split()) - symbols)
         if not line.strip():

@@ -1,0 +1,164 @@
+"""Bad input stops the real entry points with one line naming the file and line, or the config field, and
+leaves every file as it was.
+
+Manifest problems run ``manifests/validate.py`` (a second each); config problems run ``fairseq-hydra-train``,
+which reads the config and builds the model before any data is loaded, so each stops within seconds.
+"""
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+import pytest
+import soundfile
+
+from helpers import PLUGIN_DIR, REPO, VENV_BIN
+
+UTTERANCES = 3
+
+
+@pytest.fixture
+def corpus(demo_corpus, tmp_path) -> Path:
+    """A valid manifest ``base.tsv`` of three real utterances with ``.ltr`` labels and the dictionary."""
+    lines = (demo_corpus / "pretrain.tsv").read_text().splitlines()
+    labels = (demo_corpus / "pretrain.ltr").read_text().splitlines()
+    root = Path(lines[0])
+    audio = tmp_path / "audio"
+    rows = []
+    for line in lines[1:UTTERANCES + 1]:
+        relative = line.split("\t")[0]
+        (audio / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / relative, audio / relative)
+        rows.append(line)
+    data = tmp_path / "manifests"
+    data.mkdir()
+    (data / "base.tsv").write_text("\n".join([str(audio), *rows]) + "\n")
+    (data / "base.ltr").write_text("\n".join(labels[:UTTERANCES]) + "\n")
+    shutil.copy(demo_corpus / "dict.ltr.txt", data / "dict.ltr.txt")
+    return data
+
+
+def rows(data: Path):
+    lines = (data / "base.tsv").read_text().splitlines()
+    return Path(lines[0]), [line.split("\t") for line in lines[1:]]
+
+
+def write_rows(data: Path, root, table) -> None:
+    (data / "base.tsv").write_text("\n".join([str(root), *("\t".join(r) for r in table)]) + "\n")
+
+
+def rewrite_audio(data: Path, transform: Callable) -> None:
+    root, table = rows(data)
+    wave, rate = soundfile.read(root / table[1][0], dtype="float32")
+    transform(root / table[1][0], wave, rate)
+
+
+def set_count(data: Path, count: str) -> None:
+    root, table = rows(data)
+    table[1][1] = count
+    write_rows(data, root, table)
+
+
+def edit_labels(data: Path, edit: Callable) -> None:
+    (data / "base.ltr").write_bytes(edit((data / "base.ltr").read_bytes()))
+
+
+# case: (how to break the corpus, the expected line, as a regex, that names the file and line)
+MANIFEST_CASES: Dict[str, tuple] = {
+    "missing_audio": (lambda d: rewrite_audio(d, lambda path, w, r: path.unlink()), r"base\.tsv:3: .*flac: no such file"),
+    "empty_audio": (lambda d: rewrite_audio(d, lambda path, w, r: path.write_bytes(b"")),
+                    r"base\.tsv:3: .*flac: empty file \(0 bytes\)"),
+    "corrupt_audio": (lambda d: rewrite_audio(d, lambda path, w, r: path.write_bytes(np.random.default_rng(0).bytes(4000))),
+                      r"base\.tsv:3: .*flac: unreadable audio"),
+    "truncated_audio": (lambda d: rewrite_audio(d, lambda path, w, r: path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])),
+                        r"base\.tsv:3: .*flac: (truncated or corrupt audio|has \d+ samples)"),
+    "wrong_sample_rate": (lambda d: rewrite_audio(d, lambda path, w, r: soundfile.write(path, w, 8000)),
+                          r"base\.tsv:3: .*flac: sample rate 8000 Hz, expected 16000 Hz"),
+    "stereo": (lambda d: rewrite_audio(d, lambda path, w, r: soundfile.write(path, np.stack([w, w], 1), r)),
+               r"base\.tsv:3: .*flac: 2 channels, expected mono"),
+    "zero_samples_stated": (lambda d: set_count(d, "0"), r"base\.tsv:3: the stated number of samples of .*flac is 0"),
+    "wrong_sample_count": (lambda d: set_count(d, "1234"), r"base\.tsv:3: .*flac: has \d+ samples, the manifest says 1234"),
+    "malformed_row": (lambda d: set_count(d, "12.5"), r"base\.tsv:3: expected 'relative/path<TAB>num_samples'"),
+    "empty_manifest": (lambda d: write_rows(d, rows(d)[0], []), r"base\.tsv:1: no utterances"),
+    "missing_audio_root": (lambda d: write_rows(d, "/nonexistent/audio", rows(d)[1]),
+                           r"base\.tsv:1: the first line must be an existing audio root directory"),
+    "duplicate_rows": (lambda d: write_rows(d, rows(d)[0], rows(d)[1] + rows(d)[1][:1]),
+                       r"base\.tsv:5: .*flac is listed again \(first at line 2\)"),
+    "label_count": (lambda d: edit_labels(d, lambda text: b"\n".join(text.splitlines()[:2]) + b"\n"),
+                    r"base\.ltr:3: 2 label lines for 3 utterances"),
+    "unknown_symbols": (lambda d: edit_labels(d, lambda text: text.replace(b"A", b"@", 1)),
+                        r"base\.ltr:1: symbols not in .*dict\.ltr\.txt: @"),
+    "non_utf8_labels": (lambda d: edit_labels(d, lambda text: text.replace(b"\n", b"\n\xff", 1)),
+                        r"base\.ltr:2: not UTF-8 \(byte 0xff"),
+    "missing_dictionary": (lambda d: (d / "dict.ltr.txt").unlink(), r"dict\.ltr\.txt: no such file"),
+}
+
+
+def snapshot(folder: Path) -> Dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run(cmd, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_CASES))
+def test_manifest_problem_is_one_line_naming_file_and_line(case, corpus):
+    breaks, expected = MANIFEST_CASES[case]
+    breaks(corpus)
+    before = snapshot(corpus.parent)
+    proc = run([sys.executable, REPO / "manifests" / "validate.py", corpus / "base.tsv", "--labels", "ltr"])
+    assert proc.returncode == 1, proc.stdout
+    assert "Traceback" not in proc.stdout, proc.stdout
+    assert any(re.search(expected, line) for line in proc.stdout.splitlines()), proc.stdout
+    assert snapshot(corpus.parent) == before
+
+
+def test_missing_manifest_is_named(tmp_path):
+    proc = run([sys.executable, REPO / "manifests" / "validate.py", tmp_path / "nope.tsv"])
+    assert proc.returncode == 1 and proc.stdout.strip() == f"{tmp_path / 'nope.tsv'}: no such file"
+
+
+def hydra_error(proc: subprocess.CompletedProcess) -> str:
+    """The error hydra prints right above its ``HYDRA_FULL_ERROR`` footer: our one line, or omegaconf's
+    message with its ``full_key`` and ``object_type`` lines."""
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    footers = [i for i, line in enumerate(lines) if "HYDRA_FULL_ERROR" in line]
+    assert proc.returncode != 0 and footers, proc.stdout[-3000:]
+    end = footers[-1]
+    start = end - 1
+    while start > 0 and lines[start].startswith("    "):  # omegaconf's indented full_key / object_type lines
+        start -= 1
+    return " ".join(line.strip() for line in lines[start:end])
+
+
+# case: (config dir, config, overrides, the expected exception line as a regex naming the config field)
+CONFIG_CASES = {
+    "missing_split": ("eh_mam", "tiny", ["dataset.train_subset=no_such_split"], r"no_such_split\.tsv"),
+    "hard_fraction_outside_0_1": ("eh_mam", "tiny", ["model.hard_fraction_end=1.5"],
+                                  r"model\.hard_fraction_start and model\.hard_fraction_end must be in \[0, 1\]"),
+    "mask_prob_outside_0_1": ("eh_mam", "tiny", ["model.mask_prob=1.5"], r"model\.mask_prob must be in \[0, 1\], got 1\.5"),
+    "clone_batch_below_1": ("eh_mam", "tiny", ["model.clone_batch=0"], r"model\.clone_batch must be at least 1"),
+    "unknown_masking": ("m2d", "tiny_random", ["model.masking=zigzag"], r"'zigzag', expected one of \[random, ibm, dwm, sgim\] full_key: masking"),
+    "mask_ratio_outside_0_1": ("m2d", "tiny_random", ["model.mask_ratio=1.2"], r"model\.mask_ratio must be in \(0, 1\)"),
+    "missing_w2v_path": ("finetune", "tiny", ["model.w2v_path=/nonexistent/pretrained.pt"],
+                         r"/nonexistent/pretrained\.pt"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus, tmp_path):
+    folder, name, overrides, expected = CONFIG_CASES[case]
+    run_dir = tmp_path / "run"
+    proc = run([VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / folder, "--config-name", name,
+                f"common.user_dir={PLUGIN_DIR}", f"task.data={demo_corpus}", f"hydra.run.dir={run_dir}",
+                "optimization.max_update=1", *overrides])
+    line = hydra_error(proc)
+    assert re.search(expected, line), line
+    assert not list(run_dir.glob("**/*.pt"))  # stopped before the first update
