@@ -71,7 +71,7 @@ class SpectrogramClassificationCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         out = model(**sample["net_input"], target=sample["target"])
-        logits, target = out["logits"].float(), out["target"]
+        logits, target = out["logits"].float(), out["target"].float()  # fp16 training halves the sample too
         if self.multi_label:
             loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=1).sum()
         else:
@@ -82,7 +82,7 @@ class SpectrogramClassificationCriterion(FairseqCriterion):
         if self.multi_label:
             if not model.training:  # mAP needs every clip of the epoch
                 logging_output["_scores"] = torch.sigmoid(logits).detach().cpu()
-                logging_output["_targets"] = sample["target"].cpu()
+                logging_output["_targets"] = sample["target"].float().cpu()
         else:
             logging_output["correct"] = int((logits.argmax(-1) == sample["target"].argmax(-1)).sum())
         return loss, batch, logging_output
