@@ -16,7 +16,6 @@ clones. The medians are compared.
 """
 
 import statistics
-import time
 
 import torch
 
