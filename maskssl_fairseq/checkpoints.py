@@ -3,15 +3,18 @@
 A fine-tuned checkpoint holds the task's fairseq ``Dictionary``; allow-listing that class keeps the safe
 loader (no arbitrary pickles) while letting fairseq resume training, validate and decode. Importing the
 plugin (``common.user_dir``) is enough. Importing it also makes fairseq's checkpoint copies atomic
-(:func:`atomic_copy`).
+(:func:`atomic_copy`) and has an unreadable checkpoint (``model.w2v_path``, ``checkpoint.restore_file``, ...)
+named in the error (:func:`load_checkpoint_to_cpu`).
 """
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Tuple
 
 import torch
+from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from fairseq.file_io import PathManager
 
@@ -57,3 +60,20 @@ def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
 
 
 PathManager.copy = staticmethod(atomic_copy)
+
+
+_fairseq_load_checkpoint_to_cpu = checkpoint_utils.load_checkpoint_to_cpu
+
+
+def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+    """fairseq's checkpoint loader; a truncated or non-torch file is an error that names it."""
+    try:
+        return _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason:
+            raise
+        raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
+
+
+checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

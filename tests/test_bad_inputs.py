@@ -16,6 +16,7 @@ from typing import Callable, Dict
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from helpers import PLUGIN_DIR, REPO, VENV_BIN
 
@@ -149,12 +150,20 @@ CONFIG_CASES = {
     "mask_ratio_outside_0_1": ("m2d", "tiny_random", ["model.mask_ratio=1.2"], r"model\.mask_ratio must be in \(0, 1\)"),
     "missing_w2v_path": ("finetune", "tiny", ["model.w2v_path=/nonexistent/pretrained.pt"],
                          r"/nonexistent/pretrained\.pt"),
+    "truncated_w2v_path": ("finetune", "tiny", ["model.w2v_path={tmp}/truncated.pt"],
+                           r"RuntimeError: .*/truncated\.pt: not a readable checkpoint \(truncated"),
+    "w2v_path_not_a_checkpoint": ("finetune", "tiny", ["model.w2v_path={tmp}/notes.pt"],
+                                  r"RuntimeError: .*/notes\.pt: not a readable checkpoint"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus, tmp_path):
     folder, name, overrides, expected = CONFIG_CASES[case]
+    torch.save({"model": {"w": torch.randn(100_000)}}, tmp_path / "whole.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:200_000])  # a copy cut short
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    overrides = [override.format(tmp=tmp_path) for override in overrides]
     run_dir = tmp_path / "run"
     proc = run([VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / folder, "--config-name", name,
                 f"common.user_dir={PLUGIN_DIR}", f"task.data={demo_corpus}", f"hydra.run.dir={run_dir}",
