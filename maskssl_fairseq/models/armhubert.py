@@ -168,7 +168,10 @@ class ArmHubertModel(BaseFairseqModel):
         if self.teacher is None:
             if not self.teacher_path:
                 raise ValueError("model.teacher_path is not set: distillation needs a HuBERT or WavLM checkpoint")
-            teacher = load_teacher(self.teacher_path, self.cfg.teacher_type)
+            # building the teacher draws initial weights that its checkpoint then replaces: drawing them from a
+            # forked RNG leaves the masks and dropout of this micro-batch as in any other process layout
+            with torch.random.fork_rng(devices=[]):
+                teacher = load_teacher(self.teacher_path, self.cfg.teacher_type)
             if teacher.embed_dim != self.cfg.teacher_embed_dim:
                 raise ValueError(
                     f"model.teacher_embed_dim={self.cfg.teacher_embed_dim} but the teacher {self.teacher_path} "
