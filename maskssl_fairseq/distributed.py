@@ -16,10 +16,9 @@ Both are installed when the plugin is imported (``common.user_dir``), in every r
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from fairseq import models
+from fairseq import distributed_utils, models
 from fairseq.distributed import ModuleProxyWrapper
 from fairseq.tasks import FairseqTask
 
@@ -65,8 +64,8 @@ class _MicroBatchCounter:
             self.update_seed, self.index = current, 0
         else:
             self.index += 1
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        rank = dist.get_rank() if world > 1 else 0
+        world = distributed_utils.get_data_parallel_world_size()  # 1 when torch.distributed is not initialised
+        rank = distributed_utils.get_data_parallel_rank() if world > 1 else 0
         return self.index * world + rank
 
 
