@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maskssl_fairseq.checkpoints import load_finetuned  # noqa: E402
-from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
+from maskssl_fairseq.data.manifests import audio_files, read_dictionary, text_lines  # noqa: E402
 
 
 def letters_to_words(letters: List[str]) -> str:
@@ -72,6 +72,11 @@ def main(argv=None):
     if out.exists() and any(out.iterdir()) and not args.force:
         parser.error(f"{out} exists; pass --force to overwrite it or --out to write elsewhere")
 
+    for flag, path in (("--lexicon", args.lexicon), ("--lm", args.lm)):
+        if path is not None and not path.is_file():
+            sys.exit(f"{flag} {path}: no such file")
+    if args.lexicon:
+        check_lexicon(args.lexicon, args.manifest.parent / "dict.ltr.txt")
     entries = audio_files(args.manifest)
     refs = reference_words(args.manifest, len(entries))
     model, dictionary, normalize, sample_rate = load_finetuned(args.checkpoint, args.manifest.parent, args.device)
@@ -123,6 +128,22 @@ def main(argv=None):
     print(f"[decode] {summary['decoder']} on {args.manifest.name}: WER {wer:.2f}%  CER {cer:.2f}%  "
           f"({len(hyps)} utterances)")
     print(f"[decode] hypotheses: {out / 'hyp.wrd'}  references: {out / 'ref.wrd'}")
+
+
+def check_lexicon(lexicon: Path, dictionary: Path) -> None:
+    """Stops at the first lexicon line that spells a word with a letter the model's dictionary lacks."""
+    problems: List[str] = []
+    letters = read_dictionary(dictionary, problems) if dictionary.is_file() else None
+    if letters is None or problems:
+        sys.exit(problems[0] if problems else f"{dictionary}: no such file (the model's letters, next to the manifest)")
+    for number, line in enumerate(text_lines(lexicon, problems), 1):
+        word, _, spelling = line.partition("\t")
+        unknown = sorted(set(spelling.split()) - letters)
+        if not spelling.strip() or unknown:
+            what = f"letters not in {dictionary}: {' '.join(unknown)}" if unknown else "expected 'word<TAB>w o r d |'"
+            sys.exit(f"{lexicon}:{number}: {word!r}: {what}")
+    if problems:
+        sys.exit(problems[0])
 
 
 def reference_words(manifest: Path, count: int) -> List[str]:

@@ -171,3 +171,34 @@ def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus,
     line = hydra_error(proc)
     assert re.search(expected, line), line
     assert not list(run_dir.glob("**/*.pt"))  # stopped before the first update
+
+
+def lexicon_with(data: Path, extra: str) -> Path:
+    lexicon = data / "lexicon.txt"
+    lexicon.write_text("JAR\tJ A R |\n" + extra)
+    return lexicon
+
+
+# case: (extra decode.py arguments given the corpus, how to break it, the expected line as a regex)
+DECODE_CASES = {
+    "lexicon_letters_outside_dictionary": (lambda d: ["--lexicon", lexicon_with(d, "NAÏVE\tN A Ï V E |\n")], None,
+                                           r"lexicon\.txt:2: 'NAÏVE': letters not in .*dict\.ltr\.txt: Ï$"),
+    "missing_lm": (lambda d: ["--lexicon", lexicon_with(d, ""), "--lm", d / "missing.arpa"], None,
+                   r"^--lm .*missing\.arpa: no such file$"),
+    "no_transcripts": (lambda d: [], lambda d: (d / "base.ltr").unlink(),
+                       r"base\.tsv: no base\.wrd or base\.ltr next to it to score against$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECODE_CASES))
+def test_decode_problem_is_one_line_before_the_model_loads(case, corpus, tmp_path):
+    arguments, breaks, expected = DECODE_CASES[case]
+    if breaks:
+        breaks(corpus)
+    extra = arguments(corpus)
+    before = snapshot(corpus.parent)
+    proc = run([sys.executable, REPO / "run" / "decode.py", "--checkpoint", tmp_path / "never_loaded.pt",
+                "--manifest", corpus / "base.tsv", "--out", tmp_path / "decoded", "--device", "cpu", *extra])
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    assert re.search(expected, proc.stdout.strip().splitlines()[-1]), proc.stdout[-1000:]
+    assert snapshot(corpus.parent) == before and not (tmp_path / "decoded").exists()
