@@ -25,6 +25,7 @@ ARMS = {
     "eh_mam_window": "EH-MAM, hard windows (`hard_selection=window`)",
     "eh_mam_start": "EH-MAM, official hard starts (`hard_selection=start`)",
 }
+SHORT = {"none": "none", "data2vec2": "data2vec 2.0", "eh_mam_window": "EH-MAM\nwindow", "eh_mam_start": "EH-MAM\nstart"}
 
 
 def mean_std(values: List[float]) -> str:
@@ -53,11 +54,11 @@ def draw(path: Path, wers: Dict[str, List[float]], curves: Dict[str, Dict[int, f
     bars.bar(range(len(names)), [statistics.mean(wers[n]) for n in names], color="#9ab")
     for i, name in enumerate(names):
         bars.plot([i] * len(wers[name]), wers[name], "k.")
-    bars.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names])
+    bars.set_xticks(range(len(names)), [SHORT[n] for n in names])
     bars.set_ylabel("test WER (%), greedy")
     bars.set_title("CTC on 10 min of labels")
-    for label, curve in curves.items():
-        lines.plot(list(curve), list(curve.values()), label=label.split(",")[1].split("(")[0].strip())
+    for arm, curve in curves.items():
+        lines.plot(list(curve), list(curve.values()), label=SHORT[arm].replace("\n", ", "))
     lines.axhline(0.5, color="grey", lw=0.8, ls="--")
     lines.set_xlabel("pretraining update")
     lines.set_title("ranking accuracy of the loss predictor")
@@ -94,14 +95,13 @@ def main(out: Path) -> None:
             lines.append(f"| {r['fraction']:g} | {r['predictor_wer_rise']:+.1%} | {r['random_wer_rise']:+.1%} "
                          f"| {r['predictor_ctc_rise']:+.1%} | {r['random_ctc_rise']:+.1%} |")
 
-    curves = {label: ranking_accuracy(out / f"pretrain_{arm}" / "hydra_train.log")
-              for arm, label in ARMS.items() if arm.startswith("eh_mam")}
-    curves = {label: c for label, c in curves.items() if c}
+    curves = {arm: ranking_accuracy(out / f"pretrain_{arm}" / "hydra_train.log") for arm in ARMS if arm.startswith("eh_mam")}
+    curves = {arm: c for arm, c in curves.items() if c}
     if curves:
         updates = sorted(next(iter(curves.values())))
         marks = updates[:: max(1, len(updates) // 5)] + ([updates[-1]] if len(updates) % 5 != 1 else [])
         lines += ["", "Ranking accuracy of the student's loss predictor over pretraining (0.5 = chance)", "",
-                  "| update | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+                  "| update | " + " | ".join(ARMS[arm] for arm in curves) + " |", "|---|" + "---|" * len(curves)]
         for m in sorted(set(marks)):
             lines.append(f"| {m} | " + " | ".join(f"{c.get(m, float('nan')):.3f}" for c in curves.values()) + " |")
     draw(out / "low_resource.png", {arm: [r["wer"] for r in runs] for arm, runs in results.items() if runs}, curves)
