@@ -9,6 +9,7 @@ rising linearly from ``ema_decay`` to ``ema_end_decay`` over training.
 """
 
 from dataclasses import dataclass, field
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,11 +67,17 @@ class M2DModel(MaskedSpectrogramModel):
         super().set_num_updates(num_updates)
 
     def forward(self, source: torch.Tensor, **unused) -> dict:
+        return self.masked_forward(source)[0]
+
+    def masked_forward(self, source: torch.Tensor) -> Tuple[dict, torch.Tensor]:
+        """The M2D objective of waveform crops ``[B, S]`` and the online encoder's output on the visible
+        patches ``[B, 1 + Nv, D]`` (CLS first), for objectives that build on the same pass (M2D-CLAP)."""
         spectrogram = self.training_spectrogram(source)
         tokens = self.encoder.embed(spectrogram)
         mask = self.draw_mask(spectrogram)
         visible, masked, order = split_by_mask(tokens, mask)
-        prediction = self.predictor(self.encoder(visible), order)  # [B, Nm, D]
+        encoded = self.encoder(visible)
+        prediction = self.predictor(encoded, order)  # [B, Nm, D]
         with torch.no_grad():
             target = self.target_norm(self.target_blocks(self.encoder.with_cls(masked.detach())))[:, 1:]
             target = F.layer_norm(target.float(), target.shape[-1:], eps=self.cfg.target_norm_eps)
@@ -80,4 +87,4 @@ class M2DModel(MaskedSpectrogramModel):
             "sample_size": per_token.numel(),
             "hint_ratio": self.logged_hint_ratio,
             "ema_decay": self.ema_decay_at(self.num_updates),
-        }
+        }, encoded

@@ -5,6 +5,11 @@ Reads the same ``<split>.tsv`` manifests as every other task (audio root on the 
 random crop that gives ``crop_frames`` spectrogram frames (M2D: 608 = 6.08 s), zero-padded when the clip is
 shorter. Before training, the mean and std of the log-mel values of a random sample of the training set are
 measured and stored in the model (and so in every checkpoint).
+
+With ``captions=true`` (M2D-CLAP) every split also has ``<split>.cap`` and ``<split>.capemb.npy``
+(``maskssl_fairseq.data.captions``), and each item carries one of its clip's caption embeddings, drawn anew
+every epoch from ``(seed, epoch, index)`` like the crop, so that a resumed run draws what an uninterrupted one
+would; batches pass them to the model as ``net_input.caption_embedding [B, dim]``.
 """
 
 import logging
@@ -22,6 +27,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from ..data.captions import CAPTION_SUFFIX, EMBEDDING_SUFFIX, CaptionEmbeddings
 from ..data.manifests import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -59,13 +65,19 @@ class WaveformCropDataset(FairseqDataset):
     """Fixed-length waveform crops of the utterances of one manifest.
 
     A training crop starts at a random sample (a new draw every epoch, reproducible from ``seed``); with
-    ``random_crop=False`` (validation) every epoch gets the same crops.
+    ``random_crop=False`` (validation) every epoch gets the same crops. With ``captions`` every item also
+    carries one caption embedding of its clip, drawn in the same way.
     """
 
-    def __init__(self, manifest: Path, sample_rate: int, crop_samples: int, seed: int, random_crop: bool, shuffle: bool):
+    def __init__(self, manifest: Path, sample_rate: int, crop_samples: int, seed: int, random_crop: bool, shuffle: bool,
+                 captions: bool = False):
         super().__init__()
         self.manifest = manifest
         self.root, self.entries = read_manifest(manifest)
+        self.captions = None
+        if captions:
+            self.captions = CaptionEmbeddings(manifest.with_suffix(CAPTION_SUFFIX), manifest.with_suffix(EMBEDDING_SUFFIX),
+                                              len(self.entries))
         self.sample_rate, self.crop_samples = sample_rate, crop_samples
         self.seed, self.random_crop, self.shuffle = seed, random_crop, shuffle
         self.epoch = 1
@@ -88,17 +100,21 @@ class WaveformCropDataset(FairseqDataset):
     def __getitem__(self, index: int) -> dict:
         waveform = self.unpadded_crop(index, self.epoch)
         source = torch.nn.functional.pad(waveform, (0, self.crop_samples - waveform.shape[0]))
-        return {"id": index, "source": source, "length": waveform.shape[0]}
+        item = {"id": index, "source": source, "length": waveform.shape[0]}
+        if self.captions is not None:  # its own stream: the crop's draws stay as without captions
+            rng = np.random.default_rng((self.seed, self.epoch if self.random_crop else 0, index, 1))
+            item["caption_embedding"] = torch.from_numpy(self.captions.draw(index, rng))
+        return item
 
     def collater(self, samples: List[dict]) -> dict:
         if not samples:
             return {}
-        return {
-            "id": torch.tensor([s["id"] for s in samples]),
-            # the valid samples of each zero-padded crop (EAT's fbank front end pads its frames instead)
-            "net_input": {"source": torch.stack([s["source"] for s in samples]),
-                          "lengths": torch.tensor([s["length"] for s in samples])},
-        }
+        # the valid samples of each zero-padded crop (EAT's fbank front end pads its frames instead)
+        net_input = {"source": torch.stack([s["source"] for s in samples]),
+                     "lengths": torch.tensor([s["length"] for s in samples])}
+        if self.captions is not None:
+            net_input["caption_embedding"] = torch.stack([s["caption_embedding"] for s in samples])
+        return {"id": torch.tensor([s["id"] for s in samples]), "net_input": net_input}
 
     def num_tokens(self, index: int) -> int:
         return self.crop_samples
@@ -128,6 +144,10 @@ class SpectrogramPretrainingConfig(FairseqDataclass):
     norm_stats: Optional[List[float]] = field(
         default=None, metadata={"help": "[mean, std] to use instead of measuring them (M2D's fallback: [-7.1, 4.2])"}
     )
+    captions: bool = field(
+        default=False, metadata={"help": "read <split>.cap and <split>.capemb.npy and give every item one caption "
+                                         "embedding of its clip (M2D-CLAP)"}
+    )
     train_subset: str = II("dataset.train_subset")
     seed: int = II("common.seed")
 
@@ -151,11 +171,18 @@ class SpectrogramPretrainingTask(FairseqTask):
         is_train = split == self.cfg.train_subset
         self.datasets[split] = WaveformCropDataset(
             Path(self.cfg.data) / f"{split}.tsv", self.cfg.sample_rate, self.crop_samples, self.cfg.seed,
-            random_crop=is_train, shuffle=is_train,
+            random_crop=is_train, shuffle=is_train, captions=self.cfg.captions,
         )
 
     def build_model(self, cfg, from_checkpoint: bool = False):
         model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.captions and hasattr(model.cfg, "caption_embed_dim"):
+            manifest = Path(self.cfg.data) / f"{self.cfg.train_subset}.tsv"
+            captions = CaptionEmbeddings(manifest.with_suffix(CAPTION_SUFFIX), manifest.with_suffix(EMBEDDING_SUFFIX),
+                                         len(read_manifest(manifest)[1]))
+            if captions.dim != model.cfg.caption_embed_dim:
+                raise ValueError(f"{manifest.with_suffix(EMBEDDING_SUFFIX)}: {captions.dim}-d caption embeddings, "
+                                 f"model.caption_embed_dim is {model.cfg.caption_embed_dim}")
         if not from_checkpoint:
             mean, std = self.cfg.norm_stats or self.measure_norm_stats(model.frontend)
             model.frontend.set_norm_stats(float(mean), float(std))
