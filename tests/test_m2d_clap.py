@@ -193,6 +193,8 @@ def test_hugging_face_encoder_writes_the_task_layout(captioned, tmp_path):
     config = transformers.BertConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)  # what the tool loads: the words are known
+    assert tokenizer.unk_token_id not in tokenizer("someone says")["input_ids"]
     data = tmp_path / "data"
     data.mkdir()
     for suffix in (".tsv", ".cap"):
