@@ -337,3 +337,17 @@ def test_retrieval_ranks():
     assert text_to_audio.tolist() == [0, 2, 1, 1]
     assert recall_at(audio_to_text, (1, 2)) == {"R@1": pytest.approx(1 / 3), "R@2": 1.0}
     assert recall_at(text_to_audio, (1, 2)) == {"R@1": 0.25, "R@2": 0.75}
+
+
+def test_checkpoint_serves_linear_evaluation_and_fine_tuning(tiny_run):
+    from linear_eval import load_encoder
+
+    from maskssl_fairseq.models.audio_classifier import load_pretrained
+    from maskssl_fairseq.models.m2d_clap import M2DClapModel
+
+    _, checkpoint = tiny_run
+    encoder = load_encoder(checkpoint, random_init=False, device=torch.device("cpu"))
+    assert encoder.extract_features(torch.randn(1, 16000))["clip"].shape == (1, 5 * 64)
+    pretrained, args = load_pretrained(str(checkpoint))  # what spectrogram_classifier builds on
+    assert isinstance(pretrained, M2DClapModel) and args["_name"] == "m2d_clap"
+    assert torch.equal(pretrained.audio_proj.mlp[0].weight, encoder.audio_proj.mlp[0].weight)
