@@ -351,3 +351,19 @@ def test_checkpoint_serves_linear_evaluation_and_fine_tuning(tiny_run):
     pretrained, args = load_pretrained(str(checkpoint))  # what spectrogram_classifier builds on
     assert isinstance(pretrained, M2DClapModel) and args["_name"] == "m2d_clap"
     assert torch.equal(pretrained.audio_proj.mlp[0].weight, encoder.audio_proj.mlp[0].weight)
+
+
+def test_caption_width_must_match_the_model(captioned):
+    from omegaconf import OmegaConf
+
+    from maskssl_fairseq.models.m2d_clap import M2DClapConfig
+    from maskssl_fairseq.tasks.spectrogram_pretraining import SpectrogramPretrainingConfig, SpectrogramPretrainingTask
+
+    task = SpectrogramPretrainingTask(SpectrogramPretrainingConfig(
+        data=str(captioned), captions=True, train_subset="pretrain", seed=1, norm_stats=[-7.1, 4.2]))
+    cfg = OmegaConf.structured(tiny_model().cfg)
+    cfg._name = "m2d_clap"
+    with pytest.raises(ValueError, match=r"pretrain.capemb.npy: 64-d caption embeddings, model.caption_embed_dim is 32$"):
+        task.build_model(cfg)
+    cfg.caption_embed_dim = 64
+    assert task.build_model(cfg).text_proj.in_features == 64
