@@ -2,7 +2,6 @@
 training through the real ``fairseq-hydra-train``, zero-shot scoring."""
 
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -160,6 +159,8 @@ def captioned(demo_corpus, tmp_path_factory) -> Path:
 
 
 def test_bag_of_words_embeddings_have_the_task_layout(captioned):
+    import caption_embeddings
+
     from maskssl_fairseq.data.captions import CaptionEmbeddings, bag_of_words_embeddings, read_captions
 
     clips = len((captioned / "dev.tsv").read_text().splitlines()) - 1
@@ -174,7 +175,6 @@ def test_bag_of_words_embeddings_have_the_task_layout(captioned):
     assert np.allclose(same, shuffled) and abs(float(same @ other)) < 0.9
     assert CaptionEmbeddings(captioned / "dev.cap", captioned / "dev.capemb.npy", clips).dim == 64
     with pytest.raises(SystemExit):  # never overwrites without --force
-        import caption_embeddings
         caption_embeddings.main(["--data", str(captioned), "--split", "dev", "--encoder", "bow", "--bow-dim", "64"])
 
 
