@@ -367,3 +367,20 @@ def test_caption_width_must_match_the_model(captioned):
         task.build_model(cfg)
     cfg.caption_embed_dim = 64
     assert task.build_model(cfg).text_proj.in_features == 64
+
+
+def test_demo_captions_combine_manifests(captioned, tmp_path):
+    import demo_captions
+
+    from maskssl_fairseq.data.captions import read_captions
+    from maskssl_fairseq.data.manifests import audio_files
+
+    out = tmp_path / "both.tsv"
+    demo_captions.main(["--combine", str(out), str(captioned / "pretrain.tsv"), str(captioned / "dev.tsv")])
+    sources = audio_files(captioned / "pretrain.tsv") + audio_files(captioned / "dev.tsv")
+    assert audio_files(out) == sources
+    expected = (captioned / "pretrain.cap").read_text().splitlines() + (captioned / "dev.cap").read_text().splitlines()
+    assert (out.with_suffix(".cap")).read_text().splitlines() == expected
+    assert len(read_captions(out.with_suffix(".cap"), len(sources))) == len(sources)
+    with pytest.raises(SystemExit):
+        demo_captions.main(["--combine", str(out), str(captioned / "dev.tsv")])
