@@ -384,3 +384,11 @@ def test_demo_captions_combine_manifests(captioned, tmp_path):
     assert len(read_captions(out.with_suffix(".cap"), len(sources))) == len(sources)
     with pytest.raises(SystemExit):
         demo_captions.main(["--combine", str(out), str(captioned / "dev.tsv")])
+
+
+def test_fairseq_training_clamps_the_logit_scale(captioned, tmp_path):
+    log = fairseq_hydra_train(CONFIGS, "tiny", f"task.data={captioned}", "task.norm_sample_size=8",
+                              "optimization.max_update=2", "++model.logit_scale_init=5.0", "checkpoint.no_save=true",
+                              "dataset.disable_validation=true", run_dir=tmp_path)
+    # 5.0 is above log 100: clamped before the first forward, it stays at the bound
+    assert series(log, "logit_scale") == [pytest.approx(math.log(100), abs=1e-3)] * 2

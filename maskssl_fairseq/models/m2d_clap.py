@@ -57,7 +57,8 @@ class M2DClapModel(M2DModel):
         self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
     def set_num_updates(self, num_updates: int) -> None:
-        # called after every optimizer step (and at load, where the clamp changes nothing)
+        # fairseq's task.train_step calls this before every forward: each step sees the scale as clamped
+        # after the previous update (the official code clamps right after optimizer.step)
         self.clamp_logit_scale()
         super().set_num_updates(num_updates)
 
