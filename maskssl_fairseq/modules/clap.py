@@ -48,14 +48,23 @@ class SemanticTokenProjector(nn.Module):
 
 
 def gather_with_local_grad(features: torch.Tensor) -> torch.Tensor:
-    """``[b, D]`` on each of R ranks -> ``[R * b, D]`` in rank order, differentiable through this rank's own
-    rows only (the others arrive as constants); the input itself on a single process."""
+    """``[b_r, D]`` on each rank ``r`` -> ``[sum b_r, D]`` in rank order, differentiable through this rank's own
+    rows only (the others arrive as constants); the input itself on a single process. The ``b_r`` may differ
+    (the last batches of an epoch), so the sizes are exchanged first and the rows padded to the largest."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
-    gathered = [torch.empty_like(features) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, features.detach().contiguous())
-    gathered[dist.get_rank()] = features
-    return torch.cat(gathered, dim=0)
+    world = dist.get_world_size()
+    size = torch.tensor([features.shape[0]], device=features.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = features.detach().new_zeros((max(sizes), *features.shape[1:]))
+    padded[: features.shape[0]] = features.detach()
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    rows = [g[:n] for g, n in zip(gathered, sizes)]
+    rows[dist.get_rank()] = features
+    return torch.cat(rows, dim=0)
 
 
 def clip_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
