@@ -68,8 +68,8 @@ def test_targets_average_the_instance_normalised_top_layers():
 
 def test_ema_teacher_update_and_decay_annealing():
     model = data2vec2().train()
-    assert model.ema_decay(0) == pytest.approx(0.9) and model.ema_decay(5) == pytest.approx(0.945)
-    assert model.ema_decay(10) == model.ema_decay(100) == pytest.approx(0.99)
+    assert model.ema_decay_at(0) == pytest.approx(0.9) and model.ema_decay_at(5) == pytest.approx(0.945)
+    assert model.ema_decay_at(10) == model.ema_decay_at(100) == pytest.approx(0.99)
     assert not hasattr(model.ema.model, "decoder")
     start = dict(model.ema.fp32_params)
     start = {k: v.clone() for k, v in start.items()}

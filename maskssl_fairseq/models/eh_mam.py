@@ -30,7 +30,8 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 
 from ..masking import easy_to_hard_mask
-from ..modules.data2vec2_audio import Data2Vec2AudioConfig, Data2Vec2AudioModel, TeacherModel
+from ..modules.data2vec2_audio import Data2Vec2AudioConfig, Data2Vec2AudioModel
+from ..modules.ema_teacher import TeacherModel
 from ..modules.loss_predictor import LossPredictor, pairwise_ranking_loss
 
 HARD_FRACTION_SCHEDULES = ChoiceEnum(["linear", "constant"])

@@ -23,10 +23,9 @@ Config field names are data2vec 2.0's (``embed_dim``, ``encoder_dropout``, ``pos
 fine-tunes a pretrained checkpoint.
 """
 
-import copy
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,12 +35,13 @@ from timm.layers import DropPath, Mlp
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
-from fairseq.modules import EMAModule, EMAModuleConfig, SamePad
+from fairseq.modules import EMAModule, SamePad
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
 from ..masking import block_mask, wav2vec2_span_mask
 from ..masking.wav2vec2 import MASK_TYPES
 from .cnn_frontend import frame_padding_mask, parse_config_list, run_feature_extractor
+from .ema_teacher import EMATeacherMixin, TeacherModel
 
 MASK_SELECTIONS = ChoiceEnum(list(MASK_TYPES))
 
@@ -361,18 +361,7 @@ def instance_norm_average(layer_results: List[torch.Tensor], top_k: int, instanc
     return torch.stack(layers).mean(0)
 
 
-class TeacherModel(nn.Module):
-    """What the EMA teacher holds: the context encoder plus any module a subclass names in
-    ``teacher_modules`` (EH-MAM: its loss predictor). Attribute names equal the student's, so
-    ``EMAModule.step`` matches parameters by name and skips the student-only ones (CNN, decoder)."""
-
-    def __init__(self, modules: Dict[str, nn.Module]):
-        super().__init__()
-        for name, module in modules.items():
-            self.add_module(name, module)
-
-
-class Data2Vec2AudioModel(BaseFairseqModel):
+class Data2Vec2AudioModel(EMATeacherMixin, BaseFairseqModel):
     """data2vec 2.0 audio pretraining; subclasses register it and may change the mask and add losses.
 
     The CNN runs once per step, with gradient; the teacher gets a detached copy of its projected
@@ -398,53 +387,20 @@ class Data2Vec2AudioModel(BaseFairseqModel):
         self.encoder = ContextEncoder(cfg)
         self.decoder = RegressionDecoder(cfg)
         self.num_updates = 0
-        # the update the teacher last took its EMA step at; saved so that a resumed run steps it exactly as
-        # an uninterrupted one (data2vec 2.0 skips the first step after a resume instead)
-        self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
         self.ema: Optional[EMAModule] = None
 
-    def build_teacher(self) -> None:
-        """Called by subclasses once all their modules exist, after their own initialisation."""
+    def build_teacher(self, names: Iterable[str] = ()) -> None:
+        """Called by subclasses once all their modules exist, after their own initialisation; the teacher
+        follows ``names`` (default: ``teacher_modules``)."""
         self.encoder.apply(init_bert_params)
-        teacher = TeacherModel({name: copy.deepcopy(getattr(self, name)) for name in self.teacher_modules})
-        teacher.requires_grad_(False)
-        self.ema = EMAModule(
-            teacher,
-            EMAModuleConfig(ema_decay=self.cfg.ema_decay, ema_fp32=True, add_missing_params=False, log_norms=False),
-            copy_model=False,
-        )
+        super().build_teacher(names or self.teacher_modules)
 
     # ---- training-time state -------------------------------------------------------------------------
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
-        if self.ema is None or not self.training or num_updates == 0 or num_updates == int(self.teacher_updates):
-            return
-        self.ema.set_decay(self.ema_decay(num_updates))
-        if self.ema.get_decay() < 1:
-            self.ema.step(self)
-        self.teacher_updates.fill_(num_updates)
-
-    def ema_decay(self, num_updates: int) -> float:
-        cfg = self.cfg
-        if num_updates >= cfg.ema_anneal_end_step:
-            return cfg.ema_end_decay
-        return cfg.ema_decay + (cfg.ema_end_decay - cfg.ema_decay) * num_updates / cfg.ema_anneal_end_step
-
-    def state_dict(self, destination=None, prefix="", keep_vars=False):
-        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
-        if self.ema is not None:
-            state[prefix + "_ema"] = self.ema.fp32_params
-        return state
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        ema_state = state_dict.pop(prefix + "_ema", None)
-        if self.ema is not None:
-            if ema_state is None:
-                raise KeyError(f"checkpoint lacks the EMA teacher ('{prefix}_ema'): it cannot resume pretraining")
-            self.ema.restore(ema_state, build_fp32_params=True)
-        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.step_teacher(num_updates)
 
     # ---- shared pieces -------------------------------------------------------------------------------
 
@@ -472,17 +428,6 @@ class Data2Vec2AudioModel(BaseFairseqModel):
             loss = F.smooth_l1_loss(prediction, target, reduction="none", beta=self.cfg.loss_beta)
         scale = self.cfg.loss_scale if self.cfg.loss_scale is not None else 1 / math.sqrt(prediction.size(-1))
         return loss * scale
-
-    def teacher(self, like: torch.Tensor) -> TeacherModel:
-        """The EMA teacher, moved to ``like``'s device and dtype on first use (fp16/bf16 training casts
-        the student only: the EMA module is not a child module)."""
-        model = self.ema.model
-        reference = next(model.parameters())
-        if reference.device != like.device or reference.dtype != like.dtype:
-            self.ema.model = model = model.to(device=like.device, dtype=like.dtype)
-            for key, value in self.ema.fp32_params.items():
-                self.ema.fp32_params[key] = value.to(like.device)
-        return model
 
     # ---- hooks for subclasses ------------------------------------------------------------------------
 

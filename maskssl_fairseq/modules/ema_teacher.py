@@ -4,17 +4,26 @@ The teacher is not a child module, so fairseq's optimizer never sees it; its fp3
 checkpoint under ``_ema``, and the update it last stepped at in a ``teacher_updates`` buffer, so that a
 resumed run steps it exactly as an uninterrupted one would. The momentum rises linearly from
 ``ema_decay`` to ``ema_end_decay`` over ``ema_anneal_end_step`` updates, then stays (data2vec 2.0, EAT).
-The data2vec 2.0 audio backbone (``data2vec2_audio``) follows the same rules.
+It serves the data2vec 2.0 audio backbone (``data2vec2_audio``: data2vec 2.0, EH-MAM) and EAT.
 """
 
 import copy
-from typing import Iterable
+from typing import Dict, Iterable
 
 import torch
 import torch.nn as nn
 from fairseq.modules import EMAModule, EMAModuleConfig
 
-from .data2vec2_audio import TeacherModel
+
+class TeacherModel(nn.Module):
+    """What the EMA teacher holds: copies of the student modules it follows (data2vec 2.0: the context
+    encoder, EH-MAM: plus its loss predictor; EAT: the whole encoder). Attribute names equal the student's,
+    so ``EMAModule.step`` matches parameters by name and skips the student-only ones (CNN, decoder)."""
+
+    def __init__(self, modules: Dict[str, nn.Module]):
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
 
 
 class EMATeacherMixin:
