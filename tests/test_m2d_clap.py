@@ -67,9 +67,9 @@ def test_distributed_loss_scores_the_global_batch_with_local_gradients(tmp_path)
 
     generator = torch.Generator().manual_seed(1)
     audio, text = torch.randn(8, 16, generator=generator), torch.randn(8, 16, generator=generator)
-    # forked ranks inherit the imported modules (spawned ones would import fairseq again, seconds each)
+    # spawned, not forked: a fork of this multi-threaded process can deadlock in torch's thread pools
     mp.start_processes(_gathered_rank, args=(str(tmp_path / "init"), audio, text, 2.0, str(tmp_path / "rank")),
-                       nprocs=2, start_method="fork")
+                       nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank.{r}") for r in range(2)]
     full_audio, full_text = audio.clone().requires_grad_(True), text.clone().requires_grad_(True)
     full = clip_loss(full_audio, full_text, torch.tensor(2.0))
