@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on the built-in demo corpus, on CPU:
-#   set-up -> spoken demo corpus -> EH-MAM pretraining -> CTC fine-tuning on train_1h -> decode test, WER.
+#   set-up -> spoken demo corpus (1 h unlabeled, 1 h labeled) -> EH-MAM pretraining (examples/eh_mam/demo.yaml,
+#   400 updates) -> CTC fine-tuning on train_1h (finetune_demo.yaml) -> decode test, WER.
 # (examples/wav2vec2/tiny.yaml is the fairseq wav2vec 2.0 pretraining it replaced, kept as a baseline.)
 # Everything goes to outputs/quickstart/. Running it again skips finished stages and resumes an interrupted
 # one from its last checkpoint; pass --force to delete outputs/quickstart and start over.
@@ -21,16 +22,19 @@ stage "demo corpus (espeak-ng speech, LibriSpeech layout) -> $OUT/demo"
 if [ -f "$DATA/test.tsv" ]; then
     echo "already there"
 else
-    $PY manifests/demo_corpus.py --out "$OUT/demo"
+    $PY manifests/demo_corpus.py --out "$OUT/demo" --pretrain-minutes 60 --train-1h-minutes 60
 fi
 
-stage "pretraining: EH-MAM (data2vec 2.0 + easy-to-hard masks), tiny, on demo pretrain -> $OUT/pretrain"
-train_stage "$OUT/pretrain" --config-dir examples/eh_mam --config-name tiny \
-    common.user_dir="$PLUGIN" task.data="$DATA"
+stage "pretraining: EH-MAM (data2vec 2.0 + easy-to-hard masks), demo size, on demo pretrain -> $OUT/pretrain"
+train_stage "$OUT/pretrain" --config-dir examples/eh_mam --config-name demo \
+    common.user_dir="$PLUGIN" task.data="$DATA" optimization.max_update=400 lr_scheduler.warmup_updates=40 \
+    model.ema_anneal_end_step=400
 
 stage "CTC fine-tuning (fairseq wav2vec_ctc) on demo train_1h -> $OUT/finetune"
-train_stage "$OUT/finetune" --config-dir examples/eh_mam --config-name finetune_tiny \
-    common.user_dir="$PLUGIN" task.data="$DATA" model.w2v_path="$PWD/$OUT/pretrain/checkpoints/checkpoint_last.pt"
+# an hour of labels needs less regularisation than finetune_demo's 10-minute setting: lighter time masks
+train_stage "$OUT/finetune" --config-dir examples/eh_mam --config-name finetune_demo \
+    common.user_dir="$PLUGIN" task.data="$DATA" model.w2v_path="$PWD/$OUT/pretrain/checkpoints/checkpoint_last.pt" \
+    model.mask_prob=0.1 model.mask_length=5
 
 stage "decoding demo test (greedy CTC)"
 # decoding is recomputed from the checkpoint, so replacing its previous output loses nothing
