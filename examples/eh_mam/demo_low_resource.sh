@@ -6,7 +6,7 @@
 #   (finetune_demo.yaml) of those three and of the same backbone without pretraining, per seed -> greedy test
 #   WER / CER -> Figure 5 on the fine-tuned EH-MAM model -> ranking accuracy over pretraining ->
 #   $OUT/low_resource.md and low_resource.png.
-# Sizes (environment): PRETRAIN_UPDATES (default 1000), FINETUNE_UPDATES (800), SEEDS ("1"), PRETRAIN_MINUTES
+# Sizes (environment): PRETRAIN_UPDATES (default 1000), FINETUNE_UPDATES (600), SEEDS ("1"), PRETRAIN_MINUTES
 # (200); PARALLEL=1 trains the arms of a stage at once, one thread each (their logs: <stage dir>.out). Everything goes to outputs/low_resource/. Running it again skips finished stages and
 # resumes an interrupted one from its last checkpoint; pass --force to delete outputs/low_resource and start over.
 set -euo pipefail
@@ -15,7 +15,7 @@ OUT=outputs/low_resource
 STAGES_NAME="low resource"
 source run/stages.sh "$@"
 PRETRAIN_UPDATES=${PRETRAIN_UPDATES:-1000}
-FINETUNE_UPDATES=${FINETUNE_UPDATES:-800}
+FINETUNE_UPDATES=${FINETUNE_UPDATES:-600}
 SEEDS=${SEEDS:-1}
 PARALLEL=${PARALLEL:-0}
 
