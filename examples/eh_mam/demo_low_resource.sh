@@ -7,8 +7,9 @@
 #   WER / CER -> Figure 5 on the fine-tuned EH-MAM model -> ranking accuracy over pretraining ->
 #   $OUT/low_resource.md and low_resource.png.
 # Sizes (environment): PRETRAIN_UPDATES (default 1000), FINETUNE_UPDATES (600), SEEDS ("1"), PRETRAIN_MINUTES
-# (200); PARALLEL=1 trains the arms of a stage at once, one thread each (their logs: <stage dir>.out). Everything goes to outputs/low_resource/. Running it again skips finished stages and
-# resumes an interrupted one from its last checkpoint; pass --force to delete outputs/low_resource and start over.
+# (200); PARALLEL=1 trains the arms of a stage at once, one thread each (their logs: <stage dir>.out).
+# Everything goes to outputs/low_resource/. Running it again skips finished stages and resumes an interrupted one
+# from its last checkpoint; pass --force to delete outputs/low_resource and start over.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=outputs/low_resource
