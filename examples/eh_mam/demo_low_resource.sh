@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Does speech pretraining help with 10 minutes of labels? The papers' regime at CPU scale (about 2 hours on 2 cores):
+# Does speech pretraining help with 10 minutes of labels? The papers' regime at CPU scale, on CPU:
 #   set-up -> demo corpus: 3.3 h unlabeled, 10 min labeled, dev and test with unseen sentences and 4 unseen
 #   speakers -> pretraining (examples/eh_mam/demo.yaml, same updates and backbone) of data2vec 2.0, EH-MAM with
 #   hard windows and EH-MAM with the official hard span starts -> identical CTC fine-tuning on train_10m
