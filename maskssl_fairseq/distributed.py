@@ -11,17 +11,24 @@
    several draw the same masks for the same utterances, and a resumed run draws what an uninterrupted one
    would. Position 0 keeps fairseq's seed, so single-process runs with ``update_freq=1`` are unchanged.
 
-Both are installed when the plugin is imported (``common.user_dir``), in every rank's process.
+Both are installed when the plugin is imported (``common.user_dir``), in every rank's process. Models with
+a teacher that every rank steps on its own (EMA) check that it stays identical across ranks
+(:func:`check_identical_across_ranks`).
 """
+
+import logging
+from typing import Iterable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from fairseq import distributed_utils, models
 from fairseq.distributed import ModuleProxyWrapper
 from fairseq.tasks import FairseqTask
 
+logger = logging.getLogger(__name__)
 _fairseq_distributed_model = models.DistributedFairseqModel
 _fairseq_train_step = FairseqTask.train_step
 
@@ -82,3 +89,29 @@ def train_step(self, sample, model, criterion, optimizer, update_num, ignore_gra
 
 models.DistributedFairseqModel = distributed_model
 FairseqTask.train_step = train_step
+
+
+def rank_check_due(num_updates: int) -> bool:
+    """Updates 1, 2, 4, 8, ... and every 1000th: early enough for short checks, rare in long runs."""
+    return num_updates > 0 and (num_updates & (num_updates - 1) == 0 or num_updates % 1000 == 0)
+
+
+@torch.no_grad()
+def check_identical_across_ranks(tensors: Iterable[torch.Tensor], what: str, num_updates: int) -> None:
+    """Stops the run when the data-parallel ranks hold different ``tensors`` (compared through each tensor's
+    float64 sum and sum of squares, which ranks stepping identically reproduce bit for bit)."""
+    world = distributed_utils.get_data_parallel_world_size()
+    if world == 1:
+        return
+    tensors = list(tensors)
+    fingerprint = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors]).flatten()
+    group = distributed_utils.get_data_parallel_group()
+    high, low = fingerprint.clone(), fingerprint.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    spread = float((high - low).abs().max())
+    if spread > 0:
+        raise RuntimeError(f"{what} differs across the {world} ranks at update {num_updates} (largest difference of a "
+                           f"tensor's sum or sum of squares: {spread:.3g}): the ranks no longer train one model")
+    if distributed_utils.get_data_parallel_rank() == 0:
+        logger.info(f"{what} identical on all {world} ranks at update {num_updates}")

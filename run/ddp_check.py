@@ -9,12 +9,14 @@ micro-batch ``i`` of rank ``r`` the batch that the single process sees at positi
 seeds each position alike (``maskssl_fairseq/distributed.py``), so both layouts mask the same utterances
 alike. Prints the differences of every logged value per update and of the final parameters (EMA teachers
 included); exits 1 when the first update's loss differs by more than ``--loss-rtol`` (relative) or a
-parameter by more than ``--param-atol``, with the last line a JSON summary.
+parameter by more than ``--param-atol``, with the last line a JSON summary. Models with an EMA teacher also
+compare it across the two ranks themselves (updates 1, 2, 4, ...; a difference stops the run).
 """
 
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -117,7 +119,10 @@ def compare(single_log: str, multi_log: str, single_dir: Path, multi_dir: Path) 
     param_diff = {name: float((a[name].double() - b[name].double()).abs().max()) if a[name].numel() else 0.0
                   for name in a}
     worst = max(param_diff, key=param_diff.get)
+    # the plugin compares the EMA teachers of all ranks at updates 1, 2, 4, ... and stops the run if they differ
+    rank_checks = [int(u) for u in re.findall(r"identical on all 2 ranks at update (\d+)", multi_log)]
     return {"updates": len(single), "first_loss": first_loss, "first_loss_rdiff": loss_rdiff,
+            "teacher_identical_on_every_rank_at": rank_checks,
             "logged_max_abs_diff": logged, "param_max_abs_diff": param_diff[worst], "worst_param": worst,
             "losses_1": [float(r["loss"]) for r in single], "losses_2": [float(r["loss"]) for r in multi]}
 
@@ -156,6 +161,8 @@ def main() -> None:
         print(f"  logged {key}: max |difference| {diff:.3g}")
     print(f"final parameters: max |difference| {result['param_max_abs_diff']:.3g} in {result['worst_param']} "
           f"(tolerance {args.param_atol:g})")
+    if result["teacher_identical_on_every_rank_at"]:
+        print(f"EMA teacher identical on both ranks at updates {result['teacher_identical_on_every_rank_at']}")
     passed = result["first_loss_rdiff"] <= args.loss_rtol and result["param_max_abs_diff"] <= args.param_atol
     result["passed"] = passed
     print(json.dumps(result))

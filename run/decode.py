@@ -2,20 +2,26 @@
 
     python run/decode.py --checkpoint outputs/finetune/checkpoints/checkpoint_best.pt --manifest demo/manifests/test.tsv
     python run/decode.py ... --lexicon lexicon.txt [--lm 4-gram.arpa|.bin --lm-weight 2 --word-score -1]
+    python run/decode.py ... --lexicon lexicon.txt --lm 4-gram.arpa --lm-weight 0.5 1 2 --word-score -1 0 1 \
+        --tune-manifest demo/manifests/dev.tsv
 
 Greedy CTC by default; with ``--lexicon`` a lexicon-constrained beam search (torchaudio's ``ctc_decoder``,
-flashlight-text), scored by a KenLM model when ``--lm`` is given. The references are the manifest's ``.wrd``
-file (or its ``.ltr`` file turned into words). Writes ``hyp.wrd``, ``ref.wrd`` and ``wer.json`` into ``--out``
-(default: ``decode_<manifest name>`` next to the checkpoint) and prints WER and CER (characters with spaces,
-as jiwer, ESPnet and HF ``evaluate`` count them).
+flashlight-text), scored by a KenLM model when ``--lm`` is given. Several ``--lm-weight`` / ``--word-score``
+values are a grid: every pair decodes ``--tune-manifest`` (default: the scored manifest itself), the pair of
+lowest WER there decodes ``--manifest``, and ``grid.json`` keeps every pair's WER (the LM-weight sweep that
+fairseq's and wav2vec 2.0's results tune on dev). The references are the manifest's ``.wrd`` file (or its
+``.ltr`` file turned into words). Writes ``hyp.wrd``, ``ref.wrd`` and ``wer.json`` into ``--out`` (default:
+``decode_<manifest name>`` next to the checkpoint) and prints WER and CER (characters with spaces, as jiwer,
+ESPnet and HF ``evaluate`` count them).
 """
 
 import argparse
+import itertools
 import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Set
+from typing import Callable, List, Set, Tuple
 
 import editdistance
 import soundfile as sf
@@ -59,14 +65,18 @@ def main(argv=None):
     parser.add_argument("--lexicon", type=Path, help="letter lexicon (`word<TAB>w o r d |`): lexicon beam search")
     parser.add_argument("--lm", type=Path, help="KenLM model (.arpa or .bin), used with --lexicon")
     parser.add_argument("--beam-size", type=int, default=50)
-    parser.add_argument("--lm-weight", type=float, default=2.0)
-    parser.add_argument("--word-score", type=float, default=-1.0)
+    parser.add_argument("--lm-weight", type=float, nargs="+", default=[2.0], help="one value, or a grid")
+    parser.add_argument("--word-score", type=float, nargs="+", default=[-1.0], help="one value, or a grid")
+    parser.add_argument("--tune-manifest", type=Path, help="manifest the grid is tuned on (default: --manifest)")
     parser.add_argument("--batch-seconds", type=float, default=60.0, help="audio per forward batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     args = parser.parse_args(argv)
     if args.lm and not args.lexicon:
         parser.error("--lm needs --lexicon (the beam search spells words from the lexicon)")
+    grid = list(itertools.product(args.lm_weight, args.word_score))
+    if args.tune_manifest and (len(grid) == 1 or not args.lexicon):
+        parser.error("--tune-manifest needs --lexicon and several --lm-weight or --word-score values")
 
     out = args.out or args.checkpoint.parent / f"decode_{args.manifest.stem}"
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -77,42 +87,59 @@ def main(argv=None):
             sys.exit(f"{flag} {path}: no such file")
     if args.lexicon:
         check_lexicon(args.lexicon, args.manifest.parent / "dict.ltr.txt")
-    entries = audio_files(args.manifest)
-    refs = reference_words(args.manifest, len(entries))
+    tune_on = args.tune_manifest or args.manifest
+    scored = {}  # manifest -> (audio files, reference words)
+    for manifest in dict.fromkeys((args.manifest, tune_on)):
+        entries = audio_files(manifest)
+        scored[manifest] = (entries, reference_words(manifest, len(entries)))
     model, dictionary, normalize, sample_rate = load_finetuned(args.checkpoint, args.manifest.parent, args.device)
     symbols = list(dictionary.symbols)
     blank = dictionary.bos()  # fairseq's CTC uses <s> as the blank
     dropped = {blank, dictionary.pad(), dictionary.eos()}  # as fairseq's ctc criterion scores WER
 
-    beam = None
-    if args.lexicon:
+    started = time.time()
+    emissions = {manifest: all_emissions(model, entries, normalize, sample_rate, args.device, args.batch_seconds)
+                 for manifest, (entries, _) in scored.items()}
+
+    language_model = None
+    if args.lm:
+        # loaded once for every grid point: reading a large ARPA file takes longer than a beam search
+        from flashlight.lib.text.decoder import KenLM
+        from flashlight.lib.text.dictionary import create_word_dict, load_words
+
+        language_model = KenLM(str(args.lm), create_word_dict(load_words(str(args.lexicon))))
+
+    def decoder(lm_weight: float, word_score: float) -> Callable:
+        if not args.lexicon:
+            return lambda emission: greedy(emission[None], torch.tensor([len(emission)]), symbols, dropped)[0]
         from torchaudio.models.decoder import ctc_decoder
 
         beam = ctc_decoder(
-            lexicon=str(args.lexicon), tokens=symbols, lm=str(args.lm) if args.lm else None,
-            beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score,
+            lexicon=str(args.lexicon), tokens=symbols, lm=language_model,
+            beam_size=args.beam_size, lm_weight=lm_weight, word_score=word_score,
             blank_token=symbols[blank], sil_token="|", unk_word="<unk>",
         )
 
-    hyps = [None] * len(entries)
-    order = sorted(range(len(entries)), key=lambda i: entries[i][1])
-    started = time.time()
-    batch: List[int] = []
-    for position, index in enumerate(order):
-        batch.append(index)
-        full = sum(entries[i][1] for i in batch) >= args.batch_seconds * sample_rate
-        if full or position == len(order) - 1:
-            emissions, lengths = forward(model, [entries[i][0] for i in batch], normalize, sample_rate, args.device)
-            if beam is None:
-                texts = greedy(emissions, lengths, symbols, dropped)
-            else:
-                results = beam(emissions.float().cpu().contiguous(), lengths.cpu().int())
-                texts = [" ".join(r[0].words).upper() if r else "" for r in results]
-            for i, text in zip(batch, texts):
-                hyps[i] = text
-            batch = []
-            print(f"[decode] {position + 1}/{len(order)} utterances", end="\r", flush=True)
-    print()
+        def best(emission: torch.Tensor) -> str:
+            results = beam(emission[None].contiguous(), torch.tensor([len(emission)], dtype=torch.int32))[0]
+            return " ".join(results[0].words).upper() if results else ""
+        return best
+
+    tried = []
+    lm_weight, word_score = grid[0]
+    if len(grid) > 1:
+        for weight, score in grid:
+            decode = decoder(weight, score)
+            hyps = [decode(e) for e in emissions[tune_on]]
+            tried.append({"lm_weight": weight, "word_score": score,
+                          "wer": round(error_rate(hyps, scored[tune_on][1], str.split), 2)})
+            print(f"[decode] {tune_on.name}: lm_weight {weight:g} word_score {score:g}: "
+                  f"WER {tried[-1]['wer']:.2f}%", flush=True)
+        best = min(tried, key=lambda t: t["wer"])
+        lm_weight, word_score = best["lm_weight"], best["word_score"]
+    decode = decoder(lm_weight, word_score)
+    entries, refs = scored[args.manifest]
+    hyps = [decode(e) for e in emissions[args.manifest]]
 
     wer = error_rate(hyps, refs, str.split)
     cer = error_rate(hyps, refs, characters)
@@ -124,8 +151,14 @@ def main(argv=None):
         "decoder": "lexicon+kenlm" if args.lm else "lexicon" if args.lexicon else "greedy",
         "wer": round(wer, 2), "cer": round(cer, 2), "seconds": round(time.time() - started, 1),
     }
+    if args.lexicon:
+        summary.update(lm_weight=lm_weight, word_score=word_score, beam_size=args.beam_size)
+    if tried:
+        summary["tuned_on"] = str(tune_on)
+        (out / "grid.json").write_text(json.dumps({"tuned_on": str(tune_on), "grid": tried}, indent=2) + "\n")
     (out / "wer.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[decode] {summary['decoder']} on {args.manifest.name}: WER {wer:.2f}%  CER {cer:.2f}%  "
+    setting = f" (lm_weight {lm_weight:g}, word_score {word_score:g})" if args.lexicon else ""
+    print(f"[decode] {summary['decoder']}{setting} on {args.manifest.name}: WER {wer:.2f}%  CER {cer:.2f}%  "
           f"({len(hyps)} utterances)")
     print(f"[decode] hypotheses: {out / 'hyp.wrd'}  references: {out / 'ref.wrd'}")
 
@@ -157,6 +190,25 @@ def reference_words(manifest: Path, count: int) -> List[str]:
     if len(refs) != count:
         sys.exit(f"{wrd if wrd.exists() else ltr}: {len(refs)} lines for {count} utterances in {manifest}")
     return refs
+
+
+def all_emissions(model, entries: List[Tuple[Path, int]], normalize: bool, sample_rate: int, device: str,
+                  batch_seconds: float) -> List[torch.Tensor]:
+    """Each utterance's CTC log-probabilities ``[T_i, V]`` on the CPU, in manifest order, batched by length."""
+    emissions: List[torch.Tensor] = [None] * len(entries)
+    order = sorted(range(len(entries)), key=lambda i: entries[i][1])
+    batch: List[int] = []
+    for position, index in enumerate(order):
+        batch.append(index)
+        full = sum(entries[i][1] for i in batch) >= batch_seconds * sample_rate
+        if full or position == len(order) - 1:
+            log_probs, frames = forward(model, [entries[i][0] for i in batch], normalize, sample_rate, device)
+            for i, emission, length in zip(batch, log_probs.cpu(), frames.tolist()):
+                emissions[i] = emission[:length]
+            batch = []
+            print(f"[decode] {position + 1}/{len(order)} utterances", end="\r", flush=True)
+    print()
+    return emissions
 
 
 @torch.inference_mode()

@@ -154,6 +154,18 @@ CONFIG_CASES = {
                            r"RuntimeError: .*/truncated\.pt: not a readable checkpoint \(truncated"),
     "w2v_path_not_a_checkpoint": ("finetune", "tiny", ["model.w2v_path={tmp}/notes.pt"],
                                   r"RuntimeError: .*/notes\.pt: not a readable checkpoint"),
+    "span_longer_than_utterance": ("eh_mam", "tiny", ["model.mask_length=100000"],
+                                   r"model\.mask_length=100000 frames is longer than an utterance of this batch"),
+    "patch_size_not_dividing_spectrogram": ("m2d", "tiny_random", ["++model.patch_size=12"],
+                                            r"model\.patch_size=12 does not cut the model\.n_mels=80 x"),
+    "missing_teacher_path": ("armhubert", "tiny", ["model.teacher_path=/nonexistent/teacher.pt"],
+                             r"model\.teacher_path: no teacher checkpoint at /nonexistent/teacher\.pt"),
+    "truncated_teacher_path": ("armhubert", "tiny", ["model.teacher_path={tmp}/truncated.pt"],
+                               r"model\.teacher_path=.*/truncated\.pt: not a readable checkpoint \(truncated"),
+    "teacher_of_another_kind": ("armhubert", "tiny", ["model.teacher_path={tmp}/whole.pt"],
+                                r"model\.teacher_path=.*/whole\.pt: neither a fairseq HuBERT checkpoint"),
+    "hubert_where_wavlm_expected": ("armhubert", "tiny", ["model.teacher_path={tmp}/hubert.pt", "++model.teacher_type=wavlm"],
+                                    r"model\.teacher_type=wavlm but model\.teacher_path=.*/hubert\.pt holds a hubert model"),
 }
 
 
@@ -163,6 +175,7 @@ def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus,
     torch.save({"model": {"w": torch.randn(100_000)}}, tmp_path / "whole.pt")
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:200_000])  # a copy cut short
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    torch.save({"cfg": {"model": {"_name": "hubert"}}, "model": {}}, tmp_path / "hubert.pt")  # what identifies a HuBERT
     overrides = [override.format(tmp=tmp_path) for override in overrides]
     run_dir = tmp_path / "run"
     proc = run([VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / folder, "--config-name", name,
@@ -170,7 +183,8 @@ def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus,
                 "optimization.max_update=1", *overrides])
     line = hydra_error(proc)
     assert re.search(expected, line), line
-    assert not list(run_dir.glob("**/*.pt"))  # stopped before the first update
+    # stopped before the first update: no training checkpoint (fairseq's trainer dumps crash.pt when a step raises)
+    assert not [p for p in run_dir.glob("**/*.pt") if p.name != "crash.pt"]
 
 
 def lexicon_with(data: Path, extra: str) -> Path:

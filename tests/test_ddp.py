@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import socket
 import sys
 
+import pytest
 import torch
 
 from helpers import REPO, VENV_BIN, logged, run_checked
@@ -43,6 +46,8 @@ def test_two_cpu_processes_train_eh_mam_as_one(demo_corpus, tmp_path):
     ], cwd=REPO)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["passed"] and result["updates"] == 2
+    # the teacher steps when update k + 1 begins (fairseq's set_num_updates), so 2 updates check it once
+    assert result["teacher_identical_on_every_rank_at"] == [1]
     assert result["first_loss_rdiff"] <= 1e-5 and result["param_max_abs_diff"] <= 1e-4
     # per-utterance values are averaged over ranks, not summed: equal to one process, and still shares
     for key in ("masked_pct", "ranking_accuracy", "hard_fraction", "target_var"):
@@ -51,3 +56,38 @@ def test_two_cpu_processes_train_eh_mam_as_one(demo_corpus, tmp_path):
     assert "distributed init (rank 1)" in ranks[1] and "training on 2 devices" in ranks[0]
     shares = [float(record["masked_pct"]) for record in logged(ranks[0])]
     assert shares and all(0.3 < share < 0.7 for share in shares), shares
+
+
+def _check_with_rank_dependent_teacher(rank: int, port: int, differ: bool, errors) -> None:
+    import torch.distributed as dist
+
+    from maskssl_fairseq.distributed import check_identical_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    teacher = [torch.ones(3, 4), torch.arange(5.0) + (rank * 1e-6 if differ else 0.0)]
+    try:
+        check_identical_across_ranks(teacher, "the EMA teacher", 4)
+        errors.put((rank, None))
+    except RuntimeError as error:
+        errors.put((rank, str(error)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_teachers_that_drift_apart_across_ranks_stop_the_run(differ):
+    context = torch.multiprocessing.get_context("spawn")  # never fork a process that imported torch
+    errors = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workers = [context.Process(target=_check_with_rank_dependent_teacher, args=(r, port, differ, errors)) for r in range(2)]
+    for worker in workers:
+        worker.start()
+    results = dict(errors.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    if differ:
+        assert all(re.match(r"the EMA teacher differs across the 2 ranks at update 4 \(largest difference", results[r])
+                   for r in range(2)), results
+    else:
+        assert results == {0: None, 1: None}

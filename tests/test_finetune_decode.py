@@ -4,7 +4,6 @@ import json
 import math
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -68,25 +67,7 @@ def test_greedy_decoding_writes_hypotheses_and_wer(finetuned, demo_corpus, tmp_p
         run_checked(cmd)
 
 
-def write_bigram_arpa(sentences, path: Path) -> None:
-    """A maximum-likelihood bigram model with a fixed back-off weight: a real ARPA file for KenLM."""
-    unigrams, bigrams = Counter(), Counter()
-    for sentence in sentences:
-        tokens = ["<s>", *sentence.split(), "</s>"]
-        unigrams.update(tokens[1:])
-        bigrams.update(zip(tokens, tokens[1:]))
-    total = sum(unigrams.values())
-    contexts = Counter()
-    for (first, _), count in bigrams.items():
-        contexts[first] += count
-    one = [f"{math.log10(n / total):.4f}\t{w}\t-0.3010" for w, n in sorted(unigrams.items())]
-    one += ["-99\t<s>\t-0.3010", "-6\t<unk>"]
-    two = [f"{math.log10(n / contexts[a]):.4f}\t{a} {b}" for (a, b), n in sorted(bigrams.items())]
-    path.write_text(f"\\data\\\nngram 1={len(one)}\nngram 2={len(two)}\n\n\\1-grams:\n" + "\n".join(one)
-                    + "\n\n\\2-grams:\n" + "\n".join(two) + "\n\n\\end\\\n")
-
-
-def test_lexicon_and_kenlm_beam_search(finetuned, demo_corpus, tmp_path):
+def test_lexicon_and_kenlm_beam_search_tuned_on_dev(finetuned, demo_corpus, tmp_path):
     checkpoints, _, _ = finetuned
     word_files = [demo_corpus / f"{split}.wrd" for split in ("train_1h", "test")]
     lexicon, lm = tmp_path / "lexicon.txt", tmp_path / "lm.arpa"
@@ -94,12 +75,19 @@ def test_lexicon_and_kenlm_beam_search(finetuned, demo_corpus, tmp_path):
     entries = [line.split("\t") for line in lexicon.read_text().splitlines()]
     assert all(spelling == " ".join(word) + " |" for word, spelling in entries)  # letter units, word boundary
     assert {word for word, _ in entries} == set(" ".join(f.read_text() for f in word_files).split())
-    write_bigram_arpa((demo_corpus / "train_1h.wrd").read_text().splitlines(), lm)
+    run_checked([sys.executable, REPO / "manifests" / "ngram_lm.py", "--text", demo_corpus / "train_1h.wrd",
+                 "--order", "3", "--out", lm])
     out = tmp_path / "decode"
     printed = run_checked([sys.executable, REPO / "run" / "decode.py", "--checkpoint",
                            checkpoints / "checkpoint_last.pt", "--manifest", demo_corpus / "test.tsv",
-                           "--lexicon", lexicon, "--lm", lm, "--beam-size", "8", "--out", out])
-    assert "lexicon+kenlm on test.tsv: WER" in printed
+                           "--lexicon", lexicon, "--lm", lm, "--beam-size", "8", "--lm-weight", "0.5", "2",
+                           "--word-score", "-1", "1", "--tune-manifest", demo_corpus / "dev.tsv", "--out", out])
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["tuned_on"].endswith("dev.tsv") and len(grid["grid"]) == 4
+    best = min(grid["grid"], key=lambda point: point["wer"])
+    result = json.loads((out / "wer.json").read_text())
+    assert (result["lm_weight"], result["word_score"]) == (best["lm_weight"], best["word_score"])
+    assert f"lexicon+kenlm (lm_weight {best['lm_weight']:g}, word_score {best['word_score']:g}) on test.tsv" in printed
     vocabulary = {line.split("\t")[0] for line in lexicon.read_text().splitlines()}
     hypotheses = (out / "hyp.wrd").read_text().split()
     assert set(hypotheses) <= vocabulary  # the beam search only spells lexicon words

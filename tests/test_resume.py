@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -102,11 +103,22 @@ RANDOM_CROPS = [
 ]
 
 
-def train_command(demo_corpus, run_dir):
+# method: (config dir, config, overrides, logged values that must repeat exactly after the resume)
+RUNS = {
+    "eh_mam": (EH_MAM, "tiny", RANDOM_CROPS,
+               ("loss", "loss_regression", "loss_ranking", "masked_pct", "ranking_accuracy", "gnorm")),
+    # random spectrogram crops, DWM's per-clip masks and an EMA target encoder in the model's own state
+    "m2d_dwm": (REPO / "examples" / "m2d", "tiny_dwm",
+                ["optimization.max_update=7", "checkpoint.save_interval_updates=3"], ("loss", "hint_ratio", "gnorm")),
+}
+
+
+def train_command(method, demo_corpus, run_dir):
+    config_dir, config, overrides, _ = RUNS[method]
     return [
-        VENV_BIN / "fairseq-hydra-train", "--config-dir", EH_MAM, "--config-name", "tiny",
+        VENV_BIN / "fairseq-hydra-train", "--config-dir", config_dir, "--config-name", config,
         f"common.user_dir={PLUGIN_DIR}", "common.log_interval=1", f"task.data={demo_corpus}",
-        f"hydra.run.dir={run_dir}", *RANDOM_CROPS,
+        f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *overrides,
     ]
 
 
@@ -114,13 +126,14 @@ def model_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
 
 
-def test_kill_9_between_checkpoints_then_resume_exactly(demo_corpus, tmp_path):
+@pytest.mark.parametrize("method", sorted(RUNS))
+def test_kill_9_between_checkpoints_then_resume_exactly(method, demo_corpus, tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    reference = logged(run_checked(train_command(demo_corpus, straight)))
+    reference = logged(run_checked(train_command(method, demo_corpus, straight)))
     assert [int(r["num_updates"]) for r in reference] == list(range(1, 8))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.Popen([str(c) for c in train_command(demo_corpus, interrupted)], cwd=REPO, env=env,
+    proc = subprocess.Popen([str(c) for c in train_command(method, demo_corpus, interrupted)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
@@ -135,9 +148,9 @@ def test_kill_9_between_checkpoints_then_resume_exactly(demo_corpus, tmp_path):
     assert torch.load(interrupted / "checkpoints" / "checkpoint_last.pt", map_location="cpu",
                       weights_only=False)["optimizer_history"][-1]["num_updates"] == 3
 
-    resumed = logged(run_checked(train_command(demo_corpus, interrupted)))
+    resumed = logged(run_checked(train_command(method, demo_corpus, interrupted)))
     assert [int(r["num_updates"]) for r in resumed] == [4, 5, 6, 7]
-    for key in ("loss", "loss_regression", "loss_ranking", "masked_pct", "ranking_accuracy", "gnorm"):
+    for key in RUNS[method][3]:
         assert [r[key] for r in resumed] == [r[key] for r in reference[3:]], key
     final, expected = model_state(interrupted), model_state(straight)
     assert final.keys() == expected.keys()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fairseq.models import register_model
 from omegaconf import II
 
+from ..distributed import check_identical_across_ranks, rank_check_due
 from ..modules.masked_spectrogram import MaskedSpectrogramConfig, MaskedSpectrogramModel
 from ..modules.spectrogram_vit import LayerNorm, MaskedTokenPredictor, init_weights, split_by_mask, transformer
 
@@ -46,6 +47,9 @@ class M2DModel(MaskedSpectrogramModel):
         for module in (self.target_blocks, self.target_norm):
             module.apply(init_weights)
             module.requires_grad_(False)  # fairseq builds its optimizer from parameters that require grad
+        # the update the target encoder was last stepped at, saved with it: a resumed run takes exactly the
+        # steps an uninterrupted one takes
+        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
 
     def ema_decay_at(self, num_updates: int) -> float:
         progress = min(num_updates / max(self.cfg.ema_anneal_end_step - 1, 1), 1.0)
@@ -60,10 +64,14 @@ class M2DModel(MaskedSpectrogramModel):
         torch._foreach_add_(target, [p.detach().to(t.dtype) for p, t in zip(online, target)], alpha=1.0 - decay)
 
     def set_num_updates(self, num_updates: int) -> None:
-        # fairseq calls this before each update with the number of updates done; one more than last time
-        # means an optimizer step happened since (a resumed run jumps, and gets no extra EMA step)
-        if self.training and num_updates == self.num_updates + 1:
-            self.ema_step(self.ema_decay_at(self.num_updates))
+        # fairseq calls this before each update with the number of updates done: update n's optimizer step is
+        # followed by one EMA step at momentum(n - 1), once, also when n is the update a run resumed at
+        if self.training and num_updates > 0 and num_updates != int(self.target_updates):
+            self.ema_step(self.ema_decay_at(num_updates - 1))
+            self.target_updates.fill_(num_updates)
+            if rank_check_due(num_updates):
+                targets = list(self.target_blocks.parameters()) + list(self.target_norm.parameters())
+                check_identical_across_ranks(targets, "the EMA target encoder", num_updates)
         super().set_num_updates(num_updates)
 
     def forward(self, source: torch.Tensor, **unused) -> dict:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from fairseq.modules import EMAModule, EMAModuleConfig
 
+from ..distributed import check_identical_across_ranks, rank_check_due
+
 
 class TeacherModel(nn.Module):
     """What the EMA teacher holds: copies of the student modules it follows (data2vec 2.0: the context
@@ -57,6 +59,8 @@ class EMATeacherMixin:
         if self.ema.get_decay() < 1:
             self.ema.step(self)
         self.teacher_updates.fill_(num_updates)
+        if rank_check_due(num_updates):
+            check_identical_across_ranks(self.ema.fp32_params.values(), "the EMA teacher", num_updates)
 
     def teacher(self, like: torch.Tensor) -> nn.Module:
         """The teacher on ``like``'s device and dtype (fp16/bf16 training casts the student only)."""

@@ -70,6 +70,9 @@ class MaskedSpectrogramModel(BaseFairseqModel):
         if cfg.masking in ("dwm", "sgim") and cfg.hint_constant is None and cfg.max_update <= 0:
             raise ValueError(f"model.masking={cfg.masking} anneals its hint ratio over optimization.max_update, which is not set; "
                              "set optimization.max_update or model.hint_constant")
+        if cfg.n_mels % cfg.patch_size or cfg.input_frames < cfg.patch_size:
+            raise ValueError(f"model.patch_size={cfg.patch_size} does not cut the model.n_mels={cfg.n_mels} x "
+                             f"{cfg.input_frames}-frame spectrogram into whole patches")
         if cfg.frontend == "kaldi_fbank":
             self.frontend = KaldiFbank(cfg.sample_rate, cfg.win_length, cfg.hop_length, cfg.n_mels, cfg.f_min,
                                        cfg.f_max, cfg.input_frames, cfg.fbank_std_scale)

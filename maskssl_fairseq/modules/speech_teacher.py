@@ -6,6 +6,7 @@ forward: ``project`` (waveform -> projected CNN features, where the model masks 
 ``frame_padding`` (its own sample -> frame padding rule) and ``encode`` (features -> every layer's output).
 """
 
+import pickle
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -103,7 +104,11 @@ def checkpoint_kind(path: str) -> str:
                          "model_type wavlm)")
     if not target.is_file():
         raise FileNotFoundError(f"model.teacher_path: no teacher checkpoint at {path}")
-    state = torch.load(target, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(target, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise RuntimeError(f"model.teacher_path={path}: not a readable checkpoint (truncated, or not saved by torch): "
+                           f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
     if isinstance(state, dict):
         weights = state.get("model", state)
         if isinstance(weights, dict) and (WAVLM_UNILM_KEY in weights or WAVLM_TORCHAUDIO_KEY in weights):
