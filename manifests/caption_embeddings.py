@@ -30,6 +30,8 @@ def main(argv=None) -> Path:
                         help="Hugging Face encoders: masked mean of the last hidden states (GTE) or the first token (BERT)")
     parser.add_argument("--bow-dim", type=int, default=768, help="bag-of-words width (default: GTE-base's 768)")
     parser.add_argument("--bow-seed", type=int, default=0, help="seed of the bag-of-words word vectors")
+    parser.add_argument("--bow-idf", type=Path, help="a .cap file: weight the bag of words by inverse document "
+                        "frequency over its captions (the training split's, for every split and for zero-shot prompts)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing embedding file")
     args = parser.parse_args(argv)
 
@@ -39,7 +41,9 @@ def main(argv=None) -> Path:
         sys.exit(f"{out} exists (--force overwrites it)")
     _, entries = manifests.read_manifest(manifest)
     rows = captions_module.read_captions(manifest.with_suffix(captions_module.CAPTION_SUFFIX), len(entries))
-    encode = captions_module.sentence_encoder(args.encoder, args.pooling, args.bow_dim, args.bow_seed)
+    if args.bow_idf is not None and not args.bow_idf.is_file():
+        sys.exit(f"--bow-idf {args.bow_idf}: no such caption file")
+    encode = captions_module.sentence_encoder(args.encoder, args.pooling, args.bow_dim, args.bow_seed, args.bow_idf)
     flat = encode([caption for captions in rows for caption in captions])
     embeddings = np.zeros((len(rows), max(len(c) for c in rows), flat.shape[1]), dtype=np.float16)
     start = 0

@@ -138,7 +138,7 @@ def main(argv=None):
         best = min(tried, key=lambda t: t["wer"])
         lm_weight, word_score = best["lm_weight"], best["word_score"]
     decode = decoder(lm_weight, word_score)
-    entries, refs = scored[args.manifest]
+    refs = scored[args.manifest][1]
     hyps = [decode(e) for e in emissions[args.manifest]]
 
     wer = error_rate(hyps, refs, str.split)

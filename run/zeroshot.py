@@ -4,7 +4,7 @@
     python run/zeroshot.py --checkpoint checkpoint_last.pt --encoder /models/gte-base --retrieval demo/test.tsv
 
 The caption encoder must be the one the training captions were embedded with (``bow`` with the same
-``--bow-dim`` and ``--bow-seed``, or the same Hugging Face directory and ``--pooling``). Audio embeddings are
+``--bow-dim``, ``--bow-seed`` and ``--bow-idf``, or the same Hugging Face directory and ``--pooling``). Audio embeddings are
 the model's ``clap_embedding`` (every patch token of the whole clip, unmasked, through the audio projector);
 scores are cosines.
 
@@ -111,6 +111,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--pooling", choices=["mean", "cls"], default="mean")
     parser.add_argument("--bow-dim", type=int, help="bag-of-words width (default: the model's caption_embed_dim)")
     parser.add_argument("--bow-seed", type=int, default=0)
+    parser.add_argument("--bow-idf", type=Path, help="the .cap file the training captions' IDF weights came from")
     parser.add_argument("--classify", type=Path, help="labeled manifest (X.tsv with X.label) to classify zero-shot")
     parser.add_argument("--template", default="{label} can be heard", help="class prompt, with {label}")
     parser.add_argument("--multi-label", action="store_true", help="comma-separated labels; report mAP")
@@ -128,7 +129,8 @@ def main(argv=None) -> dict:
     model = load_encoder(args.checkpoint, random_init=False, device=device)
     if not hasattr(model, "clap_embedding"):
         raise ValueError(f"{args.checkpoint}: a {model.cfg._name} model, not m2d_clap: no audio-text embedding")
-    encode = sentence_encoder(args.encoder, args.pooling, args.bow_dim or model.cfg.caption_embed_dim, args.bow_seed)
+    encode = sentence_encoder(args.encoder, args.pooling, args.bow_dim or model.cfg.caption_embed_dim, args.bow_seed,
+                              args.bow_idf)
     result = {}
     if args.classify:
         result["classification"] = classify(model, encode, args.classify, args.template, args.multi_label, device)

@@ -83,6 +83,15 @@ def test_eat_finetunes_validates_and_keeps_the_best(eat_checkpoint, voice_task, 
     labels = set((voice_task / "labels.txt").read_text().split())
     assert all(label in labels for _, label in rows) and [float(p) for p, _ in rows] == sorted((float(p) for p, _ in rows), reverse=True)
 
+    # a fine-tuned checkpoint, or none, where a pretraining one is expected: the error names the field
+    for pretrained, expected in ((checkpoints / "checkpoint_best.pt", "a 'spectrogram_classifier' model, not one of "
+                                  "the spectrogram models (eat, m2d, msm_mae)"),
+                                 (tmp_path / "missing.pt", f"model.pretrained_path: no checkpoint at {tmp_path / 'missing.pt'}")):
+        with pytest.raises(AssertionError) as failed:
+            finetune(voice_task, pretrained, tmp_path / "wrong_kind", "optimization.max_update=1")
+        assert expected in str(failed.value) and "model.pretrained_path" in str(failed.value)
+    assert not list((tmp_path / "wrong_kind").glob("**/checkpoint*.pt"))
+
 
 def test_multi_label_finetuning_logs_map(eat_checkpoint, voice_task, tmp_path, capsys):
     settings = ("task.multi_label=true", "checkpoint.best_checkpoint_metric=mAP", "criterion.label_smoothing=0.0")

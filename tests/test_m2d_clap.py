@@ -181,6 +181,24 @@ def test_bag_of_words_embeddings_have_the_task_layout(captioned):
         caption_embeddings.main(["--data", str(captioned), "--split", "dev", "--encoder", "bow", "--bow-dim", "64"])
 
 
+def test_idf_weights_silence_the_words_every_caption_shares(tmp_path):
+    from maskssl_fairseq.data.captions import bag_of_words_embeddings, inverse_document_frequencies
+
+    words = ["yes", "no", "up", "down", "left", "right", "stop", "go"]
+    caption_file = tmp_path / "train.cap"
+    caption_file.write_text("".join(f"someone says the word {w} ||| the word {w}\n" for w in words))
+    idf = inverse_document_frequencies(caption_file)
+    documents = 2 * len(words)
+    assert idf["the"] == idf["word"] == 0.0  # in every caption
+    assert idf["someone"] == pytest.approx(np.log((1 + documents) / (1 + len(words))))
+    assert idf["yes"] == pytest.approx(np.log((1 + documents) / 3)) and idf[""] == pytest.approx(np.log(1 + documents))
+    prompts = ["someone says the word yes", "someone says the word no"]
+    plain, weighted = bag_of_words_embeddings(prompts, 128), bag_of_words_embeddings(prompts, 128, idf=idf)
+    # unweighted, 4 of 5 words are shared; weighted, the keyword dominates ("someone" and "says" keep a little)
+    assert float(plain[0] @ plain[1]) > 0.6 and abs(float(weighted[0] @ weighted[1])) < 0.35
+    assert np.allclose(np.linalg.norm(weighted, axis=1), 1.0, atol=1e-5)
+
+
 def test_hugging_face_encoder_writes_the_task_layout(captioned, tmp_path):
     transformers = pytest.importorskip("transformers")
     import caption_embeddings

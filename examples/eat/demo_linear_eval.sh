@@ -49,7 +49,7 @@ for init in pretrained scratch; do
     stage "keyword fine-tuning, $init -> $OUT/finetune_$init"
     train_stage "$OUT/finetune_$init" --config-dir examples/eat --config-name finetune_demo \
         common.user_dir="$PLUGIN" task.data="$PWD/$OUT/keywords" model.pretrained_path="$CHECKPOINT" \
-        model.random_init=$([ $init = scratch ] && echo true || echo false)
+        ++model.random_init=$([ $init = scratch ] && echo true || echo false)
     [ -s "$OUT/finetune_$init.txt" ] || $PY run/classify.py \
         --checkpoint "$OUT/finetune_$init/checkpoints/checkpoint_best.pt" --manifest "$OUT/keywords/test.tsv" \
         | tail -1 > "$OUT/finetune_$init.txt"

@@ -9,7 +9,7 @@
 #   pretraining -> $OUT/low_resource.md and low_resource.png.
 # Every arm is fine-tuned at each learning rate of FINETUNE_LRS and reported at the one of lowest dev CER (the
 # random-init backbone and the pretrained ones do not want the same rate).
-# Sizes (environment): PRETRAIN_UPDATES (default 1000), FINETUNE_UPDATES (600), FINETUNE_LRS ("0.0005 0.002"),
+# Sizes (environment): PRETRAIN_UPDATES (default 1000), FINETUNE_UPDATES (600), FINETUNE_LRS ("0.0005 0.001 0.002"),
 # SEEDS ("1"), PRETRAIN_MINUTES (200); PARALLEL=1 trains the arms of a stage at once, one thread each (their
 # logs: <stage dir>.out).
 # Everything goes to outputs/low_resource/. Running it again skips finished stages and resumes an interrupted one
@@ -21,7 +21,7 @@ STAGES_NAME="low resource"
 source run/stages.sh "$@"
 PRETRAIN_UPDATES=${PRETRAIN_UPDATES:-1000}
 FINETUNE_UPDATES=${FINETUNE_UPDATES:-600}
-FINETUNE_LRS=${FINETUNE_LRS:-0.0005 0.002}
+FINETUNE_LRS=${FINETUNE_LRS:-0.0005 0.001 0.002}
 SEEDS=${SEEDS:-1}
 PARALLEL=${PARALLEL:-0}
 

@@ -9,7 +9,8 @@ For a split ``<name>`` beside ``<name>.tsv``:
   its last one, never drawn. ``manifests/caption_embeddings.py`` writes it.
 
 Sentence encoders: ``bow``, a fixed bag of words (a seeded Gaussian vector per word, averaged and
-L2-normalised: word identity without a download), or a Hugging Face model directory (transformers, an
+L2-normalised: word identity without a download; optionally weighted by each word's inverse document frequency
+over the captions of a ``.cap`` file, so that the words every caption shares, "a voice says", weigh nothing), or a Hugging Face model directory (transformers, an
 optional dependency imported only when one is used) with mean or CLS pooling, not normalised (the loss
 normalises), as the official GTE embeddings.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -77,9 +78,26 @@ class CaptionEmbeddings:
         return np.asarray(self.embeddings[index, int(rng.integers(self.counts[index]))], dtype=np.float32)
 
 
-def bag_of_words_embeddings(captions: List[str], dim: int, seed: int = 0) -> np.ndarray:
+def inverse_document_frequencies(caption_file: Path) -> Dict[str, float]:
+    """``log((1 + N) / (1 + df))`` of every word of the ``N`` captions of a ``.cap`` file (``df``: the captions
+    holding it); ``""`` maps to the weight of a word the file lacks, ``log(1 + N)``."""
+    documents = [set(WORD.findall(caption.lower())) for line in caption_file.read_text(encoding="utf-8").splitlines()
+                 for caption in line.split(CAPTION_SEPARATOR) if caption.strip()]
+    if not documents:
+        raise ValueError(f"{caption_file}: no captions to count words in")
+    counts: Dict[str, int] = {}
+    for words in documents:
+        for word in words:
+            counts[word] = counts.get(word, 0) + 1
+    idf = {word: float(np.log((1 + len(documents)) / (1 + df))) for word, df in counts.items()}
+    idf[""] = float(np.log(1 + len(documents)))
+    return idf
+
+
+def bag_of_words_embeddings(captions: List[str], dim: int, seed: int = 0,
+                            idf: Optional[Dict[str, float]] = None) -> np.ndarray:
     """``[len(captions), dim]`` float32: per caption the mean of its lower-cased words' vectors, each a
-    standard Gaussian seeded by ``seed`` and the word, L2-normalised."""
+    standard Gaussian seeded by ``seed`` and the word (weighted by ``idf`` when given), L2-normalised."""
     vectors = {}
     rows = np.zeros((len(captions), dim), dtype=np.float32)
     for row, caption in enumerate(captions):
@@ -90,7 +108,7 @@ def bag_of_words_embeddings(captions: List[str], dim: int, seed: int = 0) -> np.
             if word not in vectors:
                 key = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
                 vectors[word] = np.random.default_rng((seed, key)).standard_normal(dim).astype(np.float32)
-            rows[row] += vectors[word]
+            rows[row] += vectors[word] * (1.0 if idf is None else idf.get(word, idf[""]))
         rows[row] /= np.linalg.norm(rows[row]) + 1e-12
     return rows
 
@@ -122,11 +140,13 @@ def hf_sentence_embeddings(model_dir: Path, pooling: str, batch_size: int = 32) 
     return encode
 
 
-def sentence_encoder(encoder: str, pooling: str = "mean", bow_dim: int = 768, bow_seed: int = 0
-                     ) -> Callable[[List[str]], np.ndarray]:
-    """``bow`` or a Hugging Face model directory -> a function from captions to ``[n, dim]`` float32."""
+def sentence_encoder(encoder: str, pooling: str = "mean", bow_dim: int = 768, bow_seed: int = 0,
+                     bow_idf: Optional[Path] = None) -> Callable[[List[str]], np.ndarray]:
+    """``bow`` (IDF-weighted over the captions of ``bow_idf`` when given) or a Hugging Face model directory ->
+    a function from captions to ``[n, dim]`` float32."""
     if encoder == "bow":
-        return lambda captions: bag_of_words_embeddings(captions, bow_dim, bow_seed)
+        idf = inverse_document_frequencies(bow_idf) if bow_idf is not None else None
+        return lambda captions: bag_of_words_embeddings(captions, bow_dim, bow_seed, idf)
     if not Path(encoder).is_dir():
         raise FileNotFoundError(f"{encoder}: not 'bow' nor a Hugging Face model directory")
     return hf_sentence_embeddings(Path(encoder), pooling)
