@@ -7,8 +7,8 @@
 #   greedy and with a lexicon + 4-gram LM (manifests/demo_lm.py: LM text without dev/test sentences; LM weight
 #   and word score tuned on dev) -> Figure 5 on the fine-tuned EH-MAM model -> ranking accuracy over
 #   pretraining -> $OUT/low_resource.md and low_resource.png.
-# Every arm is fine-tuned at each learning rate of FINETUNE_LRS and reported at the one of lowest dev CER (the
-# random-init backbone and the pretrained ones do not want the same rate).
+# Every arm is fine-tuned at each learning rate of FINETUNE_LRS and reported at the one of lowest dev CER (no
+# arm is held to a rate that suits another: 2e-3 is the best rate of one arm and diverges for two others).
 # Sizes (environment): PRETRAIN_UPDATES (default 1000), FINETUNE_UPDATES (600), FINETUNE_LRS ("0.0005 0.001 0.002"),
 # SEEDS ("1"), PRETRAIN_MINUTES (200); PARALLEL=1 trains the arms of a stage at once, one thread each (their
 # logs: <stage dir>.out).
