@@ -9,10 +9,10 @@ For a split ``<name>`` beside ``<name>.tsv``:
   its last one, never drawn. ``manifests/caption_embeddings.py`` writes it.
 
 Sentence encoders: ``bow``, a fixed bag of words (a seeded Gaussian vector per word, averaged and
-L2-normalised: word identity without a download; optionally weighted by each word's inverse document frequency
-over the captions of a ``.cap`` file, so that the words every caption shares, "a voice says", weigh nothing), or a Hugging Face model directory (transformers, an
-optional dependency imported only when one is used) with mean or CLS pooling, not normalised (the loss
-normalises), as the official GTE embeddings.
+L2-normalised: word identity without a download; optionally weighted by each word's inverse document
+frequency over the captions of a ``.cap`` file, so that the words every caption shares, "a voice says",
+weigh nothing), or a Hugging Face model directory (transformers, an optional dependency imported only when
+one is used) with mean or CLS pooling, not normalised (the loss normalises), as the official GTE embeddings.
 """
 
 from __future__ import annotations

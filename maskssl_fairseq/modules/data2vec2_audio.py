@@ -454,8 +454,8 @@ class Data2Vec2AudioModel(EMATeacherMixin, BaseFairseqModel):
         padding_mask = self.frame_padding_mask(padding_mask, length)
         shortest = length if padding_mask is None else int((~padding_mask).sum(1).min())
         if shortest < self.cfg.mask_length:
-            raise ValueError(f"model.mask_length={self.cfg.mask_length} frames is longer than an utterance of this batch "
-                             f"({shortest} frames): lower model.mask_length or raise task.min_sample_size")
+            raise ValueError(f"model.mask_length={self.cfg.mask_length} frames is longer than an utterance of this "
+                             f"batch ({shortest} frames): lower model.mask_length or raise task.min_sample_size")
 
         teacher = self.teacher(features)
         with torch.no_grad():

@@ -107,8 +107,9 @@ def checkpoint_kind(path: str) -> str:
     try:
         state = torch.load(target, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise RuntimeError(f"model.teacher_path={path}: not a readable checkpoint (truncated, or not saved by torch): "
-                           f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(f"model.teacher_path={path}: not a readable checkpoint (truncated, or not saved by "
+                           f"torch): {reason}") from None
     if isinstance(state, dict):
         weights = state.get("model", state)
         if isinstance(weights, dict) and (WAVLM_UNILM_KEY in weights or WAVLM_TORCHAUDIO_KEY in weights):
