@@ -9,11 +9,12 @@ for ``run/decode.py --lexicon ... --lm ...`` (``run/quickstart.sh`` and ``demo_l
 """
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lexicon  # noqa: E402
+import ngram_lm  # noqa: E402
 from demo_text import SentenceGenerator  # noqa: E402
 
 LM_SEED_OFFSET = 7_000_001  # the LM text's sentences are drawn apart from every split's
@@ -37,12 +38,8 @@ def write_demo_lm(corpus: Path, seed: int, sentences: int) -> Path:
     out = corpus / "lm"
     out.mkdir(exist_ok=True)
     (out / "lm.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tools = Path(__file__).resolve().parent
-    for command in (
-        [tools / "lexicon.py", "--words", out / "lm.txt", "--out", out / "lexicon.txt", "--force"],
-        [tools / "ngram_lm.py", "--text", out / "lm.txt", "--order", "4", "--out", out / "4-gram.arpa", "--force"],
-    ):
-        subprocess.run([sys.executable, *map(str, command)], check=True)
+    lexicon.main(["--words", str(out / "lm.txt"), "--out", str(out / "lexicon.txt"), "--force"])
+    ngram_lm.main(["--text", str(out / "lm.txt"), "--order", "4", "--out", str(out / "4-gram.arpa"), "--force"])
     return out
 
 

@@ -75,8 +75,10 @@ def main(argv=None):
     if args.lm and not args.lexicon:
         parser.error("--lm needs --lexicon (the beam search spells words from the lexicon)")
     grid = list(itertools.product(args.lm_weight, args.word_score))
-    if args.tune_manifest and (len(grid) == 1 or not args.lexicon):
-        parser.error("--tune-manifest needs --lexicon and several --lm-weight or --word-score values")
+    if len(grid) > 1 and not args.lexicon:
+        parser.error("several --lm-weight or --word-score values need --lexicon (greedy decoding has no weights)")
+    if args.tune_manifest and len(grid) == 1:
+        parser.error("--tune-manifest needs several --lm-weight or --word-score values (and --lexicon)")
 
     out = args.out or args.checkpoint.parent / f"decode_{args.manifest.stem}"
     if out.exists() and any(out.iterdir()) and not args.force:

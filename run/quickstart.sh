@@ -21,11 +21,7 @@ PLUGIN=$PWD/maskssl_fairseq
 DATA=$PWD/$OUT/demo/manifests
 
 stage "demo corpus (espeak-ng speech, LibriSpeech layout) -> $OUT/demo"
-if [ -f "$DATA/test.tsv" ]; then
-    echo "already there"
-else
-    $PY manifests/demo_corpus.py --out "$OUT/demo" --pretrain-minutes 60 --train-1h-minutes 60
-fi
+demo_corpus "$OUT/demo" --pretrain-minutes 60 --train-1h-minutes 60
 LM=$PWD/$OUT/demo/lm
 [ -f "$LM/4-gram.arpa" ] || $PY manifests/demo_lm.py --corpus "$OUT/demo" --force
 

@@ -1,4 +1,4 @@
-# Shared by the end-to-end scripts (run/quickstart.sh, examples/m2d/demo_linear_eval.sh). From the repository
+# Shared by the end-to-end scripts (run/quickstart.sh and the examples' demo scripts). From the repository
 # root, with OUT and STAGES_NAME set: source run/stages.sh "$@". The only argument a script takes is --force,
 # which deletes OUT to start over.
 case "${1:-}" in
@@ -22,4 +22,24 @@ train_stage() {
     fi
     .venv/bin/fairseq-hydra-train "$@" checkpoint.save_dir="$PWD/$dir/checkpoints" hydra.run.dir="$PWD/$dir"
     touch "$dir/finished"
+}
+
+# demo_corpus DIR ARGS...: the spoken demo corpus (manifests/demo_corpus.py --out DIR ARGS), unless
+# DIR/manifests/test.tsv is already there
+demo_corpus() {
+    local dir=$1
+    shift
+    if [ -f "$dir/manifests/test.tsv" ]; then
+        echo "already there"
+    else
+        .venv/bin/python manifests/demo_corpus.py --out "$dir" "$@"
+    fi
+}
+
+# demo_tasks DIR MANIFESTS: the keyword task in DIR/keywords and the speaker task (from the corpus MANIFESTS)
+# in DIR/speakers (examples/m2d/demo_tasks.py), each unless it is already there
+demo_tasks() {
+    [ -f "$1/keywords/test.label" ] || .venv/bin/python examples/m2d/demo_tasks.py keywords --out "$1/keywords" --force
+    [ -f "$1/speakers/test.label" ] || .venv/bin/python examples/m2d/demo_tasks.py speaker --manifests "$2" \
+        --out "$1/speakers" --force
 }

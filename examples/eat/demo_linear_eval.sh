@@ -21,16 +21,10 @@ PLUGIN=$PWD/maskssl_fairseq
 DATA=$PWD/$OUT/demo/manifests
 
 stage "demo corpus: 150 min unlabeled (pretrain), 60 / 15 / 15 min labeled -> $OUT/demo"
-if [ -f "$DATA/test.tsv" ]; then
-    echo "already there"
-else
-    $PY manifests/demo_corpus.py --out "$OUT/demo" --pretrain-minutes 150 --train-1h-minutes 60 \
-        --dev-minutes 15 --test-minutes 15
-fi
+demo_corpus "$OUT/demo" --pretrain-minutes 150 --train-1h-minutes 60 --dev-minutes 15 --test-minutes 15
 
 stage "classification tasks -> $OUT/keywords, $OUT/speakers"
-[ -f "$OUT/keywords/test.label" ] || $PY examples/m2d/demo_tasks.py keywords --out "$OUT/keywords" --force
-[ -f "$OUT/speakers/test.label" ] || $PY examples/m2d/demo_tasks.py speaker --manifests "$DATA" --out "$OUT/speakers" --force
+demo_tasks "$OUT" "$DATA"
 
 stage "EAT pretraining on the unlabeled split -> $OUT/pretrain"
 train_stage "$OUT/pretrain" --config-dir examples/eat --config-name demo common.user_dir="$PLUGIN" task.data="$DATA"

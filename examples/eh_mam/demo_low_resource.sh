@@ -54,12 +54,8 @@ PLUGIN=$PWD/maskssl_fairseq
 DATA=$PWD/$OUT/demo/manifests
 
 stage "demo corpus: ${PRETRAIN_MINUTES:-200} min unlabeled, 10 min labeled, unseen speakers in dev/test -> $OUT/demo"
-if [ -f "$DATA/test.tsv" ]; then
-    echo "already there"
-else
-    $PY manifests/demo_corpus.py --out "$OUT/demo" --pretrain-minutes "${PRETRAIN_MINUTES:-200}" \
-        --train-10m-minutes 10 --train-1h-minutes 1 --dev-minutes 5 --test-minutes 5 --heldout-speakers 4
-fi
+demo_corpus "$OUT/demo" --pretrain-minutes "${PRETRAIN_MINUTES:-200}" --train-10m-minutes 10 \
+    --train-1h-minutes 1 --dev-minutes 5 --test-minutes 5 --heldout-speakers 4
 
 stage "language model: LM text without dev/test sentences, lexicon, 4-gram -> $OUT/demo/lm"
 LM=$PWD/$OUT/demo/lm

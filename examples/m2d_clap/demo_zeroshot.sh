@@ -32,8 +32,8 @@ DEMO=$PWD/$OUT/demo/manifests
 CLAP=$PWD/$OUT/captioned
 
 stage "demo corpus ($PRETRAIN_MINUTES min unlabeled, $TEST_MINUTES min test) and keyword task -> $OUT"
-[ -f "$DEMO/test.tsv" ] || $PY manifests/demo_corpus.py --out "$OUT/demo" --pretrain-minutes "$PRETRAIN_MINUTES" \
-    --train-10m-minutes 1 --train-1h-minutes 1 --dev-minutes 1 --test-minutes "$TEST_MINUTES" --force
+demo_corpus "$OUT/demo" --pretrain-minutes "$PRETRAIN_MINUTES" --train-10m-minutes 1 --train-1h-minutes 1 \
+    --dev-minutes 1 --test-minutes "$TEST_MINUTES" --force
 # shellcheck disable=SC2086
 [ -f "$OUT/keywords/test.label" ] || $PY examples/m2d/demo_tasks.py keywords --out "$OUT/keywords" \
     --clips-per-word $CLIPS_PER_WORD --force
