@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_checked
+from helpers import REPO, fairseq_hydra_train, run_checked
 
 DEMO_MINUTES = {  # small enough for a fast suite, large enough for a few real batches
     "--pretrain-minutes": 2.0,
@@ -23,3 +23,18 @@ def demo_corpus(tmp_path_factory) -> Path:
     sizes = [str(x) for item in DEMO_MINUTES.items() for x in item]
     run_checked([sys.executable, REPO / "manifests" / "demo_corpus.py", "--out", out, "--seed", "7", *sizes])
     return out / "manifests"
+
+
+@pytest.fixture(scope="session")
+def tiny_hubert_teacher(demo_corpus, tmp_path_factory) -> Path:
+    """A fairseq HuBERT checkpoint (fairseq's ``hubert`` model and task, a few updates on MFCC k-means labels)."""
+    sys.path.insert(0, str(REPO / "examples" / "armhubert"))
+    from mfcc_labels import write_labels
+
+    root = tmp_path_factory.mktemp("armhubert_teacher")
+    write_labels(demo_corpus, ["pretrain"], out=root / "labels", clusters=16, iterations=5)
+    fairseq_hydra_train(
+        REPO / "examples" / "armhubert", "tiny_teacher", f"task.data={demo_corpus}",
+        f"task.label_dir={root / 'labels'}", "optimization.max_update=3", run_dir=root,
+    )
+    return root / "checkpoints" / "checkpoint_last.pt"

@@ -2,7 +2,6 @@
 ``fairseq-hydra-train`` into a reuse student, which then fine-tunes with fairseq's stock ``wav2vec_ctc``."""
 
 import math
-import sys
 
 import pytest
 import soundfile as sf
@@ -17,11 +16,9 @@ from maskssl_fairseq.criterions.armhubert_distillation import (
 from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel
 from maskssl_fairseq.modules.hubert_teacher import HubertTeacher
 
-CONFIGS = REPO / "examples" / "armhubert"
-sys.path.insert(0, str(CONFIGS))
-from mfcc_labels import write_labels  # noqa: E402
+from maskssl_fairseq.data.manifests import audio_files
 
-from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
+CONFIGS = REPO / "examples" / "armhubert"
 
 
 def load_checkpoint(path):
@@ -29,26 +26,14 @@ def load_checkpoint(path):
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher(demo_corpus, tmp_path_factory):
-    """A fairseq HuBERT checkpoint (fairseq's ``hubert`` model and task, a few updates on MFCC k-means labels)."""
-    root = tmp_path_factory.mktemp("armhubert_teacher")
-    write_labels(demo_corpus, ["pretrain"], out=root / "labels", clusters=16, iterations=5)
-    fairseq_hydra_train(
-        CONFIGS, "tiny_teacher", f"task.data={demo_corpus}", f"task.label_dir={root / 'labels'}",
-        "optimization.max_update=3", run_dir=root,
-    )
-    return root / "checkpoints" / "checkpoint_last.pt"
-
-
-@pytest.fixture(scope="session")
-def distilled(demo_corpus, tiny_teacher, tmp_path_factory):
+def distilled(demo_corpus, tiny_hubert_teacher, tmp_path_factory):
     """(log, checkpoint dir) of the tiny.yaml distillation run; the teacher file must come out unchanged."""
     root = tmp_path_factory.mktemp("armhubert_student")
-    teacher_bytes = tiny_teacher.read_bytes()
+    teacher_bytes = tiny_hubert_teacher.read_bytes()
     log = fairseq_hydra_train(
-        CONFIGS, "tiny", f"task.data={demo_corpus}", f"model.teacher_path={tiny_teacher}", run_dir=root
+        CONFIGS, "tiny", f"task.data={demo_corpus}", f"model.teacher_path={tiny_hubert_teacher}", run_dir=root
     )
-    assert tiny_teacher.read_bytes() == teacher_bytes
+    assert tiny_hubert_teacher.read_bytes() == teacher_bytes
     return log, root / "checkpoints"
 
 
@@ -67,21 +52,21 @@ def test_distillation_loss_falls(distilled):
     assert series(log, "dev_masked_loss", "dev") == [0.0] and series(log, "dev_loss", "dev")[0] > 0
 
 
-def test_checkpoints_hold_the_student_only(distilled, tiny_teacher):
+def test_checkpoints_hold_the_student_only(distilled, tiny_hubert_teacher):
     _, checkpoints = distilled
     state = load_checkpoint(checkpoints / "checkpoint_last.pt")
     cfg = OmegaConf.create(state["cfg"]["model"])
-    assert cfg.teacher_path == str(tiny_teacher)
+    assert cfg.teacher_path == str(tiny_hubert_teacher)
     student = ArmHubertModel.build_model(OmegaConf.merge(OmegaConf.structured(ArmHubertConfig), cfg))
     assert set(state["model"]) == set(student.state_dict())
     assert not any("teacher" in key for key in state["model"])
     student.load_state_dict(state["model"], strict=True)
 
 
-def test_teacher_stays_frozen_in_eval_mode_and_unchanged(demo_corpus, tiny_teacher):
+def test_teacher_stays_frozen_in_eval_mode_and_unchanged(demo_corpus, tiny_hubert_teacher):
     model_cfg = OmegaConf.load(CONFIGS / "tiny.yaml").model
     del model_cfg["_name"]
-    model_cfg.teacher_path = str(tiny_teacher)
+    model_cfg.teacher_path = str(tiny_hubert_teacher)
     model = ArmHubertModel.build_model(OmegaConf.merge(OmegaConf.structured(ArmHubertConfig), model_cfg))
     criterion = ArmHubertDistillationCriterion(ArmHubertDistillationConfig(), task=None)
     files = [path for path, _ in audio_files(demo_corpus / "pretrain.tsv")[:2]]
@@ -104,7 +89,7 @@ def test_teacher_stays_frozen_in_eval_mode_and_unchanged(demo_corpus, tiny_teach
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     assert teacher.model.encoder.layerdrop == 0 and teacher.model.encoder.required_seq_len_multiple == 1
     assert not {id(p) for p in teacher.parameters()} & {id(p) for p in model.parameters()}
-    reference = HubertTeacher.from_checkpoint(str(tiny_teacher)).state_dict()
+    reference = HubertTeacher.from_checkpoint(str(tiny_hubert_teacher)).state_dict()
     for key, value in teacher.state_dict().items():
         torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
 

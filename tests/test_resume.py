@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -97,28 +98,49 @@ RANDOM_CROPS = [
     "dataset.max_tokens=96000",
     "task.max_sample_size=24000",  # 1.5 s windows of longer utterances
     "model.feature_encoder_spec='[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2'",
-    "optimization.max_update=7",
-    "checkpoint.save_interval_updates=3",
     "lr_scheduler.warmup_updates=2",
 ]
+# every run: 5 updates with a checkpoint at 2, killed once update 3 is logged, resumed to 5
+SCHEDULE = ["optimization.max_update=5", "checkpoint.save_interval_updates=2"]
+KILL_AT, SAVED_AT, LAST = 3, 2, 5
+M2D = REPO / "examples" / "m2d"
 
-
-# method: (config dir, config, overrides, logged values that must repeat exactly after the resume)
+# method: (config dir, config, overrides, logged values that must repeat exactly after the resume: training
+# records, or "<valid subset>/<key>" for validation records)
 RUNS = {
     "eh_mam": (EH_MAM, "tiny", RANDOM_CROPS,
                ("loss", "loss_regression", "loss_ranking", "masked_pct", "ranking_accuracy", "gnorm")),
     # random spectrogram crops, DWM's per-clip masks and an EMA target encoder in the model's own state
-    "m2d_dwm": (REPO / "examples" / "m2d", "tiny_dwm",
-                ["optimization.max_update=7", "checkpoint.save_interval_updates=3"], ("loss", "hint_ratio", "gnorm")),
+    "m2d_dwm": (M2D, "tiny_dwm", [], ("loss", "hint_ratio", "gnorm")),
+    "msm_mae": (M2D, "tiny_msm_mae", [], ("loss", "hint_ratio", "gnorm")),
+    # 16 inverse-block-masked clones per clip, a full EMA teacher, the utterance and frame terms
+    "eat": (REPO / "examples" / "eat", "tiny", ["task.norm_sample_size=40"],
+            ("loss", "loss_frame", "loss_utterance", "gnorm")),
+    # a frozen HuBERT teacher, the student's distillation masks
+    "armhubert": (REPO / "examples" / "armhubert", "tiny", ["model.teacher_path={teacher}"],
+                  ("loss", "masked_loss", "unmasked_loss", "gnorm")),
+    # fairseq's wav2vec_ctc on an EH-MAM checkpoint: its time and channel masks, validation at each checkpoint
+    "ctc": (REPO / "examples" / "finetune", "tiny",
+            ["model.w2v_path={pretrained}", "task.normalize=true", "model.freeze_finetune_updates=1", "dataset.validate_interval_updates=2",
+             "dataset.max_tokens=96000"],
+            ("loss", "gnorm", "dev/loss", "dev/wer")),
 }
 
 
-def train_command(method, demo_corpus, run_dir):
+@pytest.fixture(scope="module")
+def eh_mam_checkpoint(demo_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("eh_mam_pretrained")
+    run_checked(train_command("eh_mam", demo_corpus, run_dir, {}) + ["optimization.max_update=3"])
+    return run_dir / "checkpoints" / "checkpoint_last.pt"
+
+
+def train_command(method, demo_corpus, run_dir, paths):
     config_dir, config, overrides, _ = RUNS[method]
     return [
         VENV_BIN / "fairseq-hydra-train", "--config-dir", config_dir, "--config-name", config,
-        f"common.user_dir={PLUGIN_DIR}", "common.log_interval=1", f"task.data={demo_corpus}",
-        f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *overrides,
+        f"common.user_dir={PLUGIN_DIR}", "common.log_format=json", "common.log_interval=1", f"task.data={demo_corpus}",
+        f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'checkpoints'}", *SCHEDULE,
+        *(override.format(**paths) for override in overrides),
     ]
 
 
@@ -126,32 +148,49 @@ def model_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("method", sorted(RUNS))
-def test_kill_9_between_checkpoints_then_resume_exactly(method, demo_corpus, tmp_path):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    reference = logged(run_checked(train_command(method, demo_corpus, straight)))
-    assert [int(r["num_updates"]) for r in reference] == list(range(1, 8))
-
+def kill_9_after_update(cmd, update: int) -> List[str]:
+    """Runs ``cmd`` until it logs ``update``, then SIGKILLs it; returns what it printed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.Popen([str(c) for c in train_command(method, demo_corpus, interrupted)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        if '"num_updates": "4"' in line:  # past the checkpoint at update 3, before the one at 6
+        if f'"num_updates": "{update}"' in line:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
-    assert any("Saved checkpoint" in line and "@ 3 updates" in line for line in seen), "".join(seen[-30:])
-    assert not any("@ 6 updates" in line for line in seen)
-    assert torch.load(interrupted / "checkpoints" / "checkpoint_last.pt", map_location="cpu",
-                      weights_only=False)["optimizer_history"][-1]["num_updates"] == 3
+    return seen
 
-    resumed = logged(run_checked(train_command(method, demo_corpus, interrupted)))
-    assert [int(r["num_updates"]) for r in resumed] == [4, 5, 6, 7]
+
+@pytest.mark.parametrize("method", sorted(RUNS))
+def test_kill_9_between_checkpoints_then_resume_exactly(method, demo_corpus, tmp_path, request):
+    paths = {}
+    if method == "armhubert":
+        paths["teacher"] = request.getfixturevalue("tiny_hubert_teacher")
+    if method == "ctc":
+        paths["pretrained"] = request.getfixturevalue("eh_mam_checkpoint")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    reference_log = run_checked(train_command(method, demo_corpus, straight, paths))
+    assert [int(r["num_updates"]) for r in logged(reference_log)] == list(range(1, LAST + 1))
+
+    seen = kill_9_after_update(train_command(method, demo_corpus, interrupted, paths), KILL_AT)
+    assert any("Saved checkpoint" in line and f"@ {SAVED_AT} updates" in line for line in seen), "".join(seen[-30:])
+    assert not any(f"@ {SAVED_AT + 2} updates" in line for line in seen)
+    assert torch.load(interrupted / "checkpoints" / "checkpoint_last.pt", map_location="cpu",
+                      weights_only=False)["optimizer_history"][-1]["num_updates"] == SAVED_AT
+
+    resumed_log = run_checked(train_command(method, demo_corpus, interrupted, paths))
+    resumed = logged(resumed_log)
+    assert [int(r["num_updates"]) for r in resumed] == list(range(SAVED_AT + 1, LAST + 1))
     for key in RUNS[method][3]:
-        assert [r[key] for r in resumed] == [r[key] for r in reference[3:]], key
+        subset, _, name = key.rpartition("/")
+        section, prefix = (subset, f"{subset}_") if subset else ("train_inner", "")  # fairseq: dev_loss, ...
+        after_the_checkpoint = [r[prefix + name] for r in logged(resumed_log, section)]
+        expected = [r[prefix + name] for r in logged(reference_log, section)
+                    if int(r[prefix + "num_updates"]) > SAVED_AT]
+        assert after_the_checkpoint and after_the_checkpoint == expected, key
     final, expected = model_state(interrupted), model_state(straight)
     assert final.keys() == expected.keys()
     for key, value in expected.items():
