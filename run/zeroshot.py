@@ -5,7 +5,8 @@
 
 The caption encoder must be the one the training captions were embedded with (``bow`` with the same
 ``--bow-dim``, ``--bow-seed`` and ``--bow-idf``, or the same Hugging Face directory and ``--pooling``). Audio embeddings are
-the model's ``clap_embedding`` (every patch token of the whole clip, unmasked, through the audio projector);
+the model's ``clap_embedding`` (the clip cut into training crops, the last zero-padded as in training, every patch
+token unmasked, through the audio projector);
 scores are cosines.
 
 - ``--classify X.tsv`` needs ``X.label`` beside it (one label per line; comma-separated labels with

@@ -170,6 +170,18 @@ def test_keyword_task_has_disjoint_speakers(tmp_path):
     with pytest.raises(SystemExit):  # an existing task is never overwritten without --force
         demo_tasks.main(["keywords", "--out", str(out)])
 
+    demo_tasks.main(["phrases", "--out", str(tmp_path / "phrases"), "--phrases", "3", "4", "--words-per-phrase", "3"])
+    for split, count in (("train", 3), ("test", 4)):
+        texts = (tmp_path / "phrases" / f"{split}.wrd").read_text().splitlines()
+        entries = audio_files(tmp_path / "phrases" / f"{split}.tsv")
+        assert len(texts) == len(entries) == count
+        assert all(len(set(t.split())) == 3 and set(t.split()) <= set(demo_tasks.SPEECH_COMMANDS) for t in texts)
+        assert {path.stem.rsplit("_", 1)[0] for path, _ in entries} <= speakers[split]  # the keyword task's
+        assert all(frames > 3 * 4000 for _, frames in entries)  # three words take more than 0.75 s
+    word_sets = {split: {frozenset(t.split()) for t in (tmp_path / "phrases" / f"{split}.wrd").read_text().splitlines()}
+                 for split in ("train", "test")}
+    assert not word_sets["train"] & word_sets["test"]  # test phrases are new combinations
+
 
 def test_bad_manifest_line_is_named(tmp_path):
     from maskssl_fairseq.data.manifests import ManifestFormatError, read_manifest

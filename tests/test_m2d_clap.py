@@ -139,6 +139,26 @@ def test_clap_term_reuses_the_m2d_pass_and_learns(projector):
         model(waveform)
 
 
+def test_zero_shot_embedding_sees_a_clip_as_the_training_crops_it_holds():
+    """A short clip is zero-padded to one crop, a long one cut into crops, the last padded: as the task pads."""
+    model = tiny_model().eval()
+    crop = 207 * 160  # SpectrogramPretrainingTask's crop_samples for 208 frames
+
+    def tokens(waveform):
+        return model.encoder(model.encoder.embed(model.training_spectrogram(waveform.unsqueeze(0))))[0, 1:]
+
+    short, long = torch.randn(16000), torch.randn(2 * crop + 5000)
+    padded_short = torch.nn.functional.pad(short, (0, crop - 16000))
+    padded_long = torch.nn.functional.pad(long, (0, crop - 5000))
+    with torch.no_grad():
+        expected = [model.audio_proj(tokens(padded_short).unsqueeze(0)),
+                    model.audio_proj(torch.cat([tokens(c) for c in padded_long.split(crop)]).unsqueeze(0))]
+        assert torch.allclose(model.clap_embedding(short.unsqueeze(0)), expected[0], atol=1e-5)
+        assert torch.allclose(model.clap_embedding(long.unsqueeze(0)), expected[1], atol=1e-5)
+        assert torch.allclose(model.clap_embedding(torch.stack([padded_short, padded_short])), expected[0].expand(2, -1),
+                              atol=1e-5)
+
+
 def test_wider_captions_get_a_projection():
     model = tiny_model(caption_embed_dim=48)
     assert model.caption_features(torch.randn(3, 48)).shape == (3, 32)
