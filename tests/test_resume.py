@@ -178,8 +178,10 @@ def test_kill_9_between_checkpoints_then_resume_exactly(method, demo_corpus, tmp
     seen = kill_9_after_update(train_command(method, demo_corpus, interrupted, paths), KILL_AT)
     assert any("Saved checkpoint" in line and f"@ {SAVED_AT} updates" in line for line in seen), "".join(seen[-30:])
     assert not any(f"@ {SAVED_AT + 2} updates" in line for line in seen)
-    assert torch.load(interrupted / "checkpoints" / "checkpoint_last.pt", map_location="cpu",
-                      weights_only=False)["optimizer_history"][-1]["num_updates"] == SAVED_AT
+    saved = torch.load(interrupted / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert saved["optimizer_history"][-1]["num_updates"] == SAVED_AT
+    if "teacher_updates" in saved["model"]:  # the EMA step of update SAVED_AT is taken when the next one begins
+        assert saved["model"]["teacher_updates"].item() == SAVED_AT - 1
 
     resumed_log = run_checked(train_command(method, demo_corpus, interrupted, paths))
     resumed = logged(resumed_log)
@@ -198,3 +200,25 @@ def test_kill_9_between_checkpoints_then_resume_exactly(method, demo_corpus, tmp
             assert all(torch.equal(final[key][name], tensor) for name, tensor in value.items()), "EMA teacher"
         else:
             assert torch.equal(final[key], value), key
+
+
+def test_fairseqs_own_wav2vec2_masks_follow_torchs_seed():
+    """fairseq's Wav2Vec2Model masks without a seed (OS entropy); with the plugin, from torch's seeded RNG."""
+    from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
+
+    model = Wav2Vec2Model(Wav2Vec2Config(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+                                         encoder_attention_heads=2, mask_prob=0.65, mask_length=10,
+                                         mask_channel_prob=0.25, mask_channel_length=8, conv_pos=16))
+    features, padding = torch.randn(4, 200, 32), torch.zeros(4, 200, dtype=torch.bool)
+    padding[3, 150:] = True
+
+    def masks(seed):
+        torch.manual_seed(seed)
+        masked, time_mask = model.apply_mask(features.clone(), padding)
+        return masked, time_mask
+
+    (first, time_mask), (again, _), (other, _) = masks(1), masks(1), masks(2)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    shares = time_mask.float().mean(1)
+    assert ((shares > 0.3) & (shares < 0.7)).all(), shares  # fairseq's statistics: about half the frames
+    assert not time_mask[3, 150:].any()  # padding is never masked

@@ -6,15 +6,14 @@
 #   and test speakers) -> captions (transcripts: 'a voice says "..."'; keyword train clips: 'someone says the
 #   word <w>') and their 128-d bag-of-words embeddings, weighted by inverse document frequency over the training
 #   captions (the template words every caption shares weigh almost nothing) -> pretraining on demo pretrain +
-#   keyword train + phrase train (demo.yaml), seeds 1-3, with model.clap_weight $WEIGHT and 0 -> run/zeroshot.py:
+#   keyword train + phrase train (demo.yaml), seeds 1-3, with model.clap_weight in $WEIGHTS and 0 -> run/zeroshot.py:
 #   keyword test accuracy ("someone says the word <w>" prompts, unseen speakers), R@1/5/10 on the demo test
 #   sentences and on the test phrases (unseen speakers and word combinations) -> a table.
 # The bag of words carries word identity without any download; a random BERT would need transformers. Without
 # the IDF weights 4 of the 5 words of every keyword prompt are shared (cosine 0.8 between two prompts).
-# WEIGHT is 1, not the paper's 0.01: at 3000 updates of batch 16 the paper's weight leaves the encoder to M2D
-# (Adam trains the projector at any weight), and keyword zero-shot reached 14.8% against 36.0% at 1 (seed 1;
-# 29.8% at 10, 11.7% at 1 with the 2025 semantic projector).
-# Measured at about 9 minutes a pretraining on one core (two run side by side on 2 cores: PARALLEL=1).
+# WEIGHTS is "1 0.01": the demo's weight and the paper's. At 3000 updates of batch 16 the paper's weight leaves
+# the encoder to M2D (Adam trains the projector at any weight).
+# About 8 minutes a pretraining on one core; PARALLEL=1 runs two at a time, one thread each.
 # Sizes can be shrunk for a smoke run: PRETRAIN_MINUTES, TEST_MINUTES, CLIPS_PER_WORD ("72 9 12"), PHRASES
 # ("1500 200"), UPDATES, SEEDS.
 # Everything goes to outputs/m2d_clap_zeroshot/ (OUT, relative to the repository, to change); running it again
@@ -30,7 +29,7 @@ CLIPS_PER_WORD=${CLIPS_PER_WORD:-72 9 12}
 PHRASES=${PHRASES:-1500 200}
 UPDATES=${UPDATES:-3000}
 SEEDS=${SEEDS:-1 2 3}
-WEIGHT=${WEIGHT:-1}
+WEIGHTS=${WEIGHTS:-1 0.01}
 PARALLEL=${PARALLEL:-0}
 
 stage "set-up"
@@ -69,36 +68,48 @@ arm() {
     train_stage "$run" --config-dir examples/m2d_clap --config-name demo \
         common.user_dir="$PWD/maskssl_fairseq" task.data="$CLAP" common.seed="$1" \
         model.clap_weight="$2" optimization.max_update="$UPDATES"
-    [ -f "$OUT/zeroshot_${2}_$1.json" ] || $PY run/zeroshot.py --checkpoint "$run/checkpoints/checkpoint_last.pt" \
-        "${scores[@]}" --classify "$OUT/keywords/test.tsv" --template "someone says the word {label}" \
-        --retrieval "$CLAP/test.tsv" | tail -1 > "$OUT/zeroshot_${2}_$1.json"
-    [ -f "$OUT/phrases_${2}_$1.json" ] || $PY run/zeroshot.py --checkpoint "$run/checkpoints/checkpoint_last.pt" \
-        "${scores[@]}" --retrieval "$OUT/phrases/test.tsv" | tail -1 > "$OUT/phrases_${2}_$1.json"
+    if [ ! -f "$OUT/zeroshot_${2}_$1.json" ]; then
+        $PY run/zeroshot.py --checkpoint "$run/checkpoints/checkpoint_last.pt" "${scores[@]}" \
+            --classify "$OUT/keywords/test.tsv" --template "someone says the word {label}" \
+            --retrieval "$CLAP/test.tsv" | tail -1 > "$OUT/zeroshot_${2}_$1.part"
+        mv "$OUT/zeroshot_${2}_$1.part" "$OUT/zeroshot_${2}_$1.json"
+    fi
+    if [ ! -f "$OUT/phrases_${2}_$1.json" ]; then
+        $PY run/zeroshot.py --checkpoint "$run/checkpoints/checkpoint_last.pt" "${scores[@]}" \
+            --retrieval "$OUT/phrases/test.tsv" | tail -1 > "$OUT/phrases_${2}_$1.part"
+        mv "$OUT/phrases_${2}_$1.part" "$OUT/phrases_${2}_$1.json"
+    fi
 }
 
+stage "pretraining: seeds $SEEDS x clap_weight $WEIGHTS and 0 -> $OUT/pretrain_<weight>_<seed>"
+arms=()
 for seed in $SEEDS; do
-    stage "pretraining, seed $seed, clap_weight $WEIGHT and 0 -> $OUT/pretrain_{$WEIGHT,0}_$seed"
-    if [ "$PARALLEL" = 1 ]; then  # one thread each: the two arms of a seed side by side
-        OMP_NUM_THREADS=1 arm "$seed" "$WEIGHT" > "$OUT/arm_${WEIGHT}_$seed.log" 2>&1 &
-        OMP_NUM_THREADS=1 arm "$seed" 0 > "$OUT/arm_0_$seed.log" 2>&1 &
-        wait -n && wait -n || { echo "an arm failed: see $OUT/arm_*_$seed.log"; exit 1; }
-    else
-        arm "$seed" "$WEIGHT"
-        arm "$seed" 0
-    fi
+    for weight in $WEIGHTS 0; do
+        if [ "$PARALLEL" = 1 ]; then  # two at a time, one thread each; a log gains a section per attempt
+            while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || true; done
+            echo "seed $seed, clap_weight $weight: $OUT/arm_${weight}_$seed.log"
+            OMP_NUM_THREADS=1 arm "$seed" "$weight" >> "$OUT/arm_${weight}_$seed.log" 2>&1 &
+            arms+=("$!")
+        else
+            arm "$seed" "$weight"
+        fi
+    done
+done
+for pid in "${arms[@]}"; do
+    wait "$pid" || { echo "an arm failed: see $OUT/arm_*.log"; exit 1; }
 done
 
 stage "done"
-$PY - "$OUT" "$SEEDS" "$WEIGHT" <<'PYEOF'
+$PY - "$OUT" "$SEEDS" "$WEIGHTS" <<'PYEOF'
 import json, statistics, sys
 from pathlib import Path
 
-out, seeds, weight = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3]
-arms = (weight, "0")
+out, seeds, weights = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split()
+arms = weights + ["0"]
 scores = {(w, s): {**json.loads((out / f"zeroshot_{w}_{s}.json").read_text()),
                    "phrases": json.loads((out / f"phrases_{w}_{s}.json").read_text())["retrieval"]}
           for w in arms for s in seeds}
-first = scores[weight, seeds[0]]
+first = scores[arms[0], seeds[0]]
 rows = {"keyword zero-shot accuracy": (lambda r: r["classification"]["accuracy"], 1 / first["classification"]["classes"])}
 for name, key in (("test sentences", "retrieval"), ("keyword phrases", "phrases")):
     clips, captions = first[key]["clips"], first[key]["captions"]
@@ -110,12 +121,13 @@ for name, key in (("test sentences", "retrieval"), ("keyword phrases", "phrases"
                       if direction == "audio_to_text" else min(1.0, k / clips))
             rows[f"{name}: {direction.replace('_to_', ' -> ')} R@{k}"] = (
                 lambda r, key=key, d=direction, k=k: r[key][d][f"R@{k}"], chance)
-print(f"| metric (%, {len(seeds)} runs, mean ± std) | M2D-CLAP (clap_weight {weight}) | M2D (clap_weight 0) | chance |")
-print("|---|---|---|---|")
+heads = [f"M2D-CLAP, clap_weight {w}" for w in weights] + ["M2D (clap_weight 0)"]
+print(f"| metric (%, {len(seeds)} runs, mean ± std) | " + " | ".join(heads) + " | chance |")
+print("|---" * (len(arms) + 2) + "|")
 for name, (value, chance) in rows.items():
     cells = []
     for w in arms:
         values = [100 * value(scores[w, s]) for s in seeds]
         cells.append(f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}")
-    print(f"| {name} | {cells[0]} | {cells[1]} | {100 * chance:.1f} |")
+    print(f"| {name} | " + " | ".join(cells) + f" | {100 * chance:.1f} |")
 PYEOF
