@@ -212,12 +212,10 @@ def masked_mean(frames: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
     return (frames * valid).sum(1) / valid.sum(1).clamp(min=1)
 
 
-def pad_and_stack(per_clip: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Clips' ``[T_i, D]`` -> (``[B, max T_i, D]`` with zeros after each, padding ``[B, max T_i]``)."""
+def pad_and_stack(per_clip: List[torch.Tensor]) -> torch.Tensor:
+    """Clips' ``[T_i, D]`` -> ``[B, max T_i, D]`` with zeros after each."""
     longest = max(x.shape[0] for x in per_clip)
-    stacked = torch.stack([F.pad(x, (0, 0, 0, longest - x.shape[0])) for x in per_clip])
-    lengths = torch.tensor([x.shape[0] for x in per_clip], device=stacked.device)
-    return stacked, torch.arange(longest, device=stacked.device).unsqueeze(0) >= lengths.unsqueeze(1)
+    return torch.stack([F.pad(x, (0, 0, 0, longest - x.shape[0])) for x in per_clip])
 
 
 @contextmanager
@@ -329,24 +327,35 @@ class FeatureExtractor(nn.Module):
         for i, clip in enumerate(clips):
             if clip.dim() != 1:
                 raise ValueError(f"waveform {i}: a 1-D tensor is expected, got {tuple(clip.shape)}")
-        per_clip_layers, embedding = self.spectrogram_features(clips) if self.spectrogram else self.speech_features(clips)
-        total = len(per_clip_layers[0])
-        keep = list(range(total)) if layers is None else sorted({i % total for i in layers})
-        kept, padding = [], None
-        for index in keep:
-            stacked, padding = pad_and_stack([clip_layers[index] for clip_layers in per_clip_layers])
-            kept.append(stacked)
-        if embedding is None:  # the mean of the last layer over each clip's frames
-            last, padding = pad_and_stack([clip_layers[-1] for clip_layers in per_clip_layers])
-            embedding = masked_mean(last, padding)
+        pieces, owner = self.spectrogram_pieces(clips) if self.spectrogram else self.speech_pieces(clips)
+        encoded = self.encode_spectrogram_pieces(pieces) if self.spectrogram else self.encode_speech_pieces(pieces)
+        per_clip: List[list] = [[] for _ in clips]
+        keep = None
+        for index, piece_layers, cls in encoded:
+            if keep is None:
+                total = len(piece_layers)
+                keep = list(range(total)) if layers is None else sorted({i % total for i in layers})
+            # copies: a slice would hold its whole group's output in memory
+            kept = {i: piece_layers[i].clone() for i in set(keep) | {total - 1}}
+            per_clip[owner[index]].append((kept, cls))
+        kept_layers = [pad_and_stack([torch.cat([p[0][i] for p in clip_pieces]) for clip_pieces in per_clip])
+                       for i in keep]
+        frames = [[p[0][total - 1].shape[0] for p in clip_pieces] for clip_pieces in per_clip]
+        if self.spectrogram and self.cls_embedding:  # the pieces' CLS tokens, each weighted by its frames
+            embedding = torch.stack([sum(p[1] * n for p, n in zip(clip_pieces, counts)) / sum(counts)
+                                     for clip_pieces, counts in zip(per_clip, frames)])
+        else:  # the mean of the last layer over the clip's frames
+            embedding = torch.stack([torch.cat([p[0][total - 1] for p in clip_pieces]).mean(0) for clip_pieces in per_clip])
+        lengths = torch.tensor([sum(counts) for counts in frames], device=embedding.device)
+        padding = torch.arange(int(lengths.max()), device=embedding.device) >= lengths.unsqueeze(1)
         steps = torch.arange(padding.shape[1], dtype=torch.float64, device=padding.device)
         timestamps = self.first_frame_seconds + steps * self.frame_seconds
-        return Features(kept, padding, timestamps.float(), embedding)
+        return Features(kept_layers, padding, timestamps.float(), embedding)
 
-    def speech_features(self, clips: List[torch.Tensor]) -> Tuple[List[List[torch.Tensor]], None]:
-        """Clips -> per clip its layers ``[T, D]``; each clip cut into frame-aligned pieces of the training width."""
+    def speech_pieces(self, clips: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[int]]:
+        """Clips (normalised if the model wants it) cut into frame-aligned pieces of the training width, whose frames
+        are exactly the whole clip's: (pieces, the clip of each)."""
         pieces, owner = [], []
-        step = self.frames_per_piece * self.stride
         length = (self.frames_per_piece - 1) * self.stride + self.field
         for i, clip in enumerate(clips):
             if clip.numel() < self.field:
@@ -358,7 +367,10 @@ class FeatureExtractor(nn.Module):
             for first in range(0, frames, self.frames_per_piece):
                 pieces.append(clip[first * self.stride:first * self.stride + length])
                 owner.append(i)
-        outputs = []
+        return pieces, owner
+
+    def encode_speech_pieces(self, pieces: List[torch.Tensor]) -> Iterator[Tuple[int, List[torch.Tensor], None]]:
+        """Yields (piece index, its layers ``[T, D]``, None), ``max_pieces`` pieces per padded batch."""
         for start in range(0, len(pieces), self.max_pieces):
             group = pieces[start:start + self.max_pieces]
             source = torch.stack([F.pad(p, (0, max(map(len, group)) - len(p))) for p in group])
@@ -366,11 +378,7 @@ class FeatureExtractor(nn.Module):
             group_layers, frame_padding = hidden_states(self.model, source, padding)
             for row in range(len(group)):
                 frames = group_layers[0].shape[1] if frame_padding is None else int((~frame_padding[row]).sum())
-                outputs.append([layer[row, :frames] for layer in group_layers])
-        per_clip = [[] for _ in clips]
-        for piece_layers, i in zip(outputs, owner):
-            per_clip[i].append(piece_layers)
-        return [[torch.cat(layer_pieces) for layer_pieces in zip(*clip_pieces)] for clip_pieces in per_clip], None
+                yield start + row, [layer[row, :frames] for layer in group_layers], None
 
     def standardised_spectrogram(self, clip: torch.Tensor) -> torch.Tensor:
         """One clip -> its standardised spectrogram ``[1, 1, F, T]``, ``T`` a positive multiple of the patch."""
@@ -394,33 +402,26 @@ class FeatureExtractor(nn.Module):
             frames.append(tokens.reshape(len(pieces), rows, columns, -1).permute(0, 2, 1, 3).reshape(len(pieces), columns, -1))
         return frames, final[:, 0]
 
-    def spectrogram_features(self, clips: List[torch.Tensor]) -> Tuple[List[List[torch.Tensor]], Optional[torch.Tensor]]:
-        """Clips -> per clip its layers ``[T, (F/p) * D]`` and, for CLS models, the utterance embeddings ``[B, D]``
-        (the pieces' CLS tokens averaged, each weighted by its frames)."""
+    def spectrogram_pieces(self, clips: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[int]]:
+        """Clips' standardised spectrograms cut into pieces of the encoder's width ``[1, 1, F, w]``: (pieces,
+        the clip of each)."""
         pieces, owner = [], []
         for i, clip in enumerate(clips):
             spectrogram = self.standardised_spectrogram(clip)
             for start in range(0, spectrogram.shape[-1], self.frames_per_piece):
                 pieces.append(spectrogram[..., start:start + self.frames_per_piece])
                 owner.append(i)
-        results: List[Optional[Tuple[List[torch.Tensor], torch.Tensor]]] = [None] * len(pieces)
+        return pieces, owner
+
+    def encode_spectrogram_pieces(self, pieces: List[torch.Tensor]) -> Iterator[Tuple[int, List[torch.Tensor], torch.Tensor]]:
+        """Yields (piece index, its layers ``[t, (F/p) * D]``, its final CLS ``[D]``), pieces of equal width together
+        (no padding inside a forward), at most ``max_pieces`` at a time."""
         by_width: Dict[int, List[int]] = {}
         for index, piece in enumerate(pieces):
             by_width.setdefault(piece.shape[-1], []).append(index)
-        for indices in by_width.values():  # equal widths: no padding inside a forward
+        for indices in by_width.values():
             for start in range(0, len(indices), self.max_pieces):
                 group = indices[start:start + self.max_pieces]
                 frames, cls = self.encode_pieces(torch.cat([pieces[i] for i in group]))
                 for row, index in enumerate(group):
-                    results[index] = ([layer[row] for layer in frames], cls[row])
-        per_clip = [[] for _ in clips]
-        for result, i in zip(results, owner):
-            per_clip[i].append(result)
-        joined = [[torch.cat(layer_pieces) for layer_pieces in zip(*(r[0] for r in clip_pieces))]
-                  for clip_pieces in per_clip]
-        embedding = None
-        if self.cls_embedding:
-            embedding = torch.stack([
-                sum(r[1] * r[0][0].shape[0] for r in clip_pieces) / sum(r[0][0].shape[0] for r in clip_pieces)
-                for clip_pieces in per_clip])
-        return joined, embedding
+                    yield index, [layer[row] for layer in frames], cls[row]
