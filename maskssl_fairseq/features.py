@@ -49,26 +49,33 @@ from .modules.cnn_frontend import conv_output_lengths
 SPEECH_TRAINING_SECONDS = 20.0  # data2vec 2.0's crop (max_sample_size 320000), for checkpoints without one
 
 
+SPECTROGRAM_TASKS = ("spectrogram_pretraining", "spectrogram_classification")
+
+
 def load_model(path: str, data_dir: Optional[str] = None, device: str = "cpu") -> Tuple[nn.Module, object]:
     """A fairseq checkpoint of any plugin model or fairseq speech model -> (model in eval mode, its config).
 
     ``data_dir`` replaces the checkpoint's ``task.data``: a ``wav2vec_ctc`` fine-tune needs the folder of its
-    ``dict.ltr.txt`` to be built. Captions are training data: an M2D-CLAP checkpoint loads without them.
+    ``dict.ltr.txt`` to be built. The spectrogram models build from their own configuration, which holds all
+    they need (label names of a classifier included), so they load without their training data (M2D-CLAP's
+    captions, a classifier's labels).
     """
-    from fairseq import checkpoint_utils
+    from fairseq import checkpoint_utils, models
 
     state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    task = state["cfg"].get("task") if state.get("cfg") is not None else None
-    if task is not None and task.get("captions"):
-        task.captions = False
+    cfg = state["cfg"]
+    if cfg is not None and cfg.task is not None and cfg.task.get("_name") in SPECTROGRAM_TASKS:
+        model = models.build_model(cfg.model, None, from_checkpoint=True)
+        model.load_state_dict(state["model"], strict=True)
+        return model.eval().to(device), cfg
     overrides = {"data": str(data_dir)} if data_dir else None
     try:
-        models, cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides,
-                                                                           state=state)
+        models_, cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides,
+                                                                            state=state)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{path}: building its task needs a file that is not there ({err}); for a "
                                 "fine-tuned model pass data_dir= (--data-dir) with its dict.ltr.txt") from None
-    return models[0].eval().to(device), cfg
+    return models_[0].eval().to(device), cfg
 
 
 def speech_encoder(model: nn.Module) -> nn.Module:

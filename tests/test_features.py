@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "run"))
 sys.path.insert(0, str(REPO / "examples" / "armhubert"))
 from extract_features import main as extract_main  # noqa: E402
 from make_random_teacher import main as make_random_teacher  # noqa: E402
-from tiny_checkpoints import SPEECH, TINY  # noqa: E402
+from tiny_checkpoints import SPEECH, TINY, build_classifier  # noqa: E402
 
 CONV = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
 SMALL = dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,
@@ -226,3 +226,12 @@ def test_extract_features_writes_every_layer_of_any_checkpoint(tiny_checkpoints,
     embedding = np.load(tmp_path / "embedding" / rows[0][0])
     expected = extractor([torch.from_numpy(__import__("soundfile").read(tmp_path / "0.wav", dtype="float32")[0])])
     np.testing.assert_allclose(embedding, expected.embedding[0].numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_fine_tuned_classifier_gives_its_encoder_s_features_without_its_data(tiny_checkpoints, extractors, tmp_path):
+    classifier = FeatureExtractor.from_checkpoint(str(build_classifier(tiny_checkpoints["eat"], tmp_path / "cls.pt")))
+    wave = [torch.randn(20000, generator=torch.Generator().manual_seed(1)) * 0.1]
+    ours, pretrained = classifier(wave), extractors["eat"](wave)
+    for mine, theirs in zip(ours.layers, pretrained.layers):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.embedding, pretrained.embedding, rtol=0, atol=1e-6)  # the CLS: pooling "cls"

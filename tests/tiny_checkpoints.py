@@ -52,3 +52,21 @@ def build(kind: str, path: Path, seed: int = 0) -> Path:
     torch.save({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": model.state_dict(),
                 "optimizer_history": history, "extra_state": {}}, path)
     return path
+
+
+def build_classifier(pretrained: Path, path: Path) -> Path:
+    """A ``spectrogram_classifier`` on ``pretrained`` (two labels), saved as a fine-tuned checkpoint whose task data
+    is gone."""
+    from fairseq import models
+
+    from maskssl_fairseq.models.audio_classifier import SpectrogramClassifierConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(SpectrogramClassifierConfig),
+                          {"_name": "spectrogram_classifier", "pretrained_path": str(pretrained), "labels": ["a", "b"]})
+    model = models.build_model(cfg, None)
+    task = {"_name": "spectrogram_classification", "data": str(path.parent / "gone")}
+    history = [{"criterion_name": "AudioClassificationCriterion", "optimizer_name": "none",
+                "lr_scheduler_state": {}, "num_updates": 0}]
+    torch.save({"cfg": {"model": OmegaConf.to_container(cfg, enum_to_str=True), "task": task},
+                "model": model.state_dict(), "optimizer_history": history, "extra_state": {}}, path)
+    return path
