@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from fairseq.data import Dictionary
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
@@ -26,7 +27,7 @@ sys.path.insert(0, str(REPO / "run"))
 sys.path.insert(0, str(REPO / "examples" / "armhubert"))
 from extract_features import main as extract_main  # noqa: E402
 from make_random_teacher import main as make_random_teacher  # noqa: E402
-from tiny_checkpoints import SPEECH, TINY, build_classifier  # noqa: E402
+from tiny_checkpoints import TINY, build_classifier  # noqa: E402
 
 CONV = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
 SMALL = dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,
@@ -196,9 +197,7 @@ def test_every_model_gives_every_layer_timestamps_and_an_embedding_for_any_lengt
         torch.testing.assert_close(out.layers[0][2, :out.lengths[2]], whole[0][0], rtol=0, atol=1e-5)
 
 
-def write_manifest(root, lengths) -> "Path":
-    import soundfile as sf
-
+def write_manifest(root, lengths):
     generator = np.random.default_rng(0)
     lines = [str(root)]
     for i, n in enumerate(lengths):
@@ -224,7 +223,7 @@ def test_extract_features_writes_every_layer_of_any_checkpoint(tiny_checkpoints,
     extract_main(["--checkpoint", str(tiny_checkpoints[kind]), "--manifest", str(manifest), "--layer", "0",
                   "--pool", "embedding", "--out", str(tmp_path / "embedding")])
     embedding = np.load(tmp_path / "embedding" / rows[0][0])
-    expected = extractor([torch.from_numpy(__import__("soundfile").read(tmp_path / "0.wav", dtype="float32")[0])])
+    expected = extractor([torch.from_numpy(sf.read(tmp_path / "0.wav", dtype="float32")[0])])
     np.testing.assert_allclose(embedding, expected.embedding[0].numpy(), rtol=0, atol=1e-5)
 
 
