@@ -23,10 +23,11 @@ standardisation, as its runtime pads; EAT: zeros before standardisation, as EAT 
 clip has 14 frames. The encoder sees only the patches of the clip, never padding up to the training width.
 
 Long clips are cut into pieces of the training width (speech: ``task.max_sample_size`` samples, frame-aligned so
-that the pieces' frames are exactly the whole clip's; spectrogram models: the encoder's time grid) and a batch of
-pieces runs at most ``max_pieces`` at a time, so memory is bounded for any length. Padded batches give each clip
-what it gives alone: spectrogram pieces run in groups of equal width; speech pieces run their CNN one at a time
-and the transformer batched with the padded frames excluded as keys.
+that the pieces' frames are exactly the whole clip's; spectrogram models: the encoder's time grid) and at most
+``max_pieces`` pieces run at a time, so the transformer's memory does not grow with the length; only the layers
+asked for are kept. Padded batches give each clip what it gives alone: spectrogram pieces run in groups of equal
+width; speech pieces run their CNN one at a time and the transformer batched with the padded frames excluded as
+keys.
 
 Why the speech CNN runs one piece at a time: a group norm over time in the first conv block (wav2vec 2.0 BASE,
 HuBERT BASE, data2vec 2.0) sees a padded row's zeros, so a batched CNN changes a short utterance's features

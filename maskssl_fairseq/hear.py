@@ -14,9 +14,10 @@ frame every 20 ms; spectrogram models (M2D, MSM-MAE, M2D-CLAP, EAT) a frame per 
 no finer time resolution, and M2D's own runtime reports its 16 x 16 models' frames at that step too (its 16 x 4
 patch models give 40 ms). A partial last patch whose centre lies past the end of the audio is dropped, as HEAR
 refuses timestamps past the audio. Scene embeddings are the utterance embeddings (the mean of the last layer's
-frames; EAT: its CLS token). Audio of any length, up to HEAR's 20 minutes, runs in pieces of the training width,
-at most ``max_pieces`` per forward pass, keeping only the last layer: memory is bounded by the piece count of one
-batch's output. Everything returned is float32 on the audio's device.
+frames; EAT: its CLS token). Audio of any length, up to HEAR's 20 minutes, runs through the transformer in pieces of
+the training width, at most ``max_pieces`` per forward pass, keeping only the last layer: what grows with the
+length is the audio, its spectrogram and the output frames (20 minutes: a few hundred MiB; README). Everything
+returned is float32 on the audio's device.
 """
 
 from typing import Tuple

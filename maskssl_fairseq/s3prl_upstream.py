@@ -5,6 +5,8 @@ s3prl's ``UpstreamExpert`` contract: built as ``UpstreamExpert(ckpt, model_confi
 a list of unpadded 16 kHz waveforms and returns ``{"hidden_states": [layer 0, ..., layer L], "last_hidden_state":
 layer L}``, each ``[B, T, D]`` with zeros past each clip's frames; ``get_downsample_rates(key)`` gives the samples
 per frame (speech 320, spectrogram models 16 patches x 160 = 2560). s3prl's ``Featurizer`` takes its weighted sum.
+The upstream is frozen (SUPERB's protocol): its features carry no gradient, so s3prl's ``-f`` (fine-tune the
+upstream) does not apply.
 
 SUPERB downstream tasks run through s3prl's own ``run_downstream.py``; this module registers the upstream as
 ``maskssl`` in ``s3prl.hub`` and hands the command line over:
