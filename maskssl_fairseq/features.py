@@ -63,13 +63,13 @@ def load_model(path: str, data_dir: Optional[str] = None, device: str = "cpu") -
     """
     from fairseq import checkpoint_utils, models
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    overrides = {"data": str(data_dir)} if data_dir else None
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(path), overrides)  # fairseq applies the overrides here
     cfg = state["cfg"]
     if cfg is not None and cfg.task is not None and cfg.task.get("_name") in SPECTROGRAM_TASKS:
         model = models.build_model(cfg.model, None, from_checkpoint=True)
         model.load_state_dict(state["model"], strict=True)
         return model.eval().to(device), cfg
-    overrides = {"data": str(data_dir)} if data_dir else None
     try:
         models_, cfg, _task = checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides=overrides,
                                                                             state=state)
