@@ -19,5 +19,7 @@ setup(
         "flashlight-text",
         "editdistance",  # WER in fairseq's ctc criterion and run/decode.py
     ],
-    extras_require={"test": ["pytest"]},
+    # s3prl: tests/test_s3prl_upstream.py runs our upstream through s3prl's own Featurizer (0.4.18 imports on
+    # torchaudio 2.11 with the stubs of maskssl_fairseq/s3prl_compat.py; it leaves torch and torchaudio alone)
+    extras_require={"test": ["pytest", "s3prl==0.4.18"]},
 )

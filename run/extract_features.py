@@ -1,17 +1,22 @@
-"""Layer features of every utterance of a manifest, from any speech checkpoint of the plugin or of fairseq.
+"""Layer features of every utterance of a manifest, from any checkpoint of the plugin (speech or spectrogram
+models) or of fairseq's speech models.
 
     python run/extract_features.py --checkpoint checkpoint_best.pt --manifest demo/manifests/dev.tsv \\
         --layer all --out features/dev [--pool mean] [--batch-size 8] [--device cuda] [--force]
 
-Layer 0 is the CNN's output projection, layers 1..L the transformer layers (SUPERB's order; ``--layer all``
-keeps every one). Writes ``<n>.npy`` per utterance (``frames x dim``, ``layers x frames x dim`` for ``all``;
-``--pool mean`` averages over frames) and ``index.tsv`` (file, audio path, frames). Utterances are batched by
-length with the padding handled (:mod:`maskssl_fairseq.features`: a padded batch gives each utterance's features
-alone). Audio is normalised per utterance when the model was trained so (``task.normalize``). A ``wav2vec_ctc``
-fine-tune needs ``--data-dir`` (the folder of its ``dict.ltr.txt``) unless its training ``task.data`` is still there.
+Layers as :mod:`maskssl_fairseq.features` numbers them: 0 is the CNN's output projection (speech) or the patch
+embedding (spectrogram models), 1..L the transformer layers (SUPERB's order; ``--layer all`` keeps every one).
+Writes ``<n>.npy`` per utterance (``frames x dim``, ``layers x frames x dim`` for ``all``; ``--pool mean``
+averages over frames, ``--pool embedding`` writes the utterance embedding, EAT's CLS token) and ``index.tsv``
+(file, audio path, frames); frame ``i`` of every file is centred at ``first_frame + i * frame_step`` seconds
+(``timing.json``). Clips of any length: long ones in pieces of the training width; utterances are
+batched by length with the padding handled (a padded batch gives each utterance's features alone). Audio is
+normalised per utterance when the model was trained so (``task.normalize``). A ``wav2vec_ctc`` fine-tune needs
+``--data-dir`` (the folder of its ``dict.ltr.txt``) unless its training ``task.data`` is still there.
 """
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,20 +24,21 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
-from maskssl_fairseq.features import hidden_states, load_model, select_layers  # noqa: E402
+from maskssl_fairseq.features import FeatureExtractor, select_layers  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--manifest", required=True, type=Path, help="fairseq .tsv manifest")
-    parser.add_argument("--layer", required=True, help="N (0 = CNN projection, 1..L transformer layers) or all")
-    parser.add_argument("--pool", choices=["none", "mean"], default="none", help="mean: average over frames")
+    parser.add_argument("--layer", required=True,
+                        help="N (0 = CNN projection or patch embedding, 1..L transformer layers) or all")
+    parser.add_argument("--pool", choices=["none", "mean", "embedding"], default="none",
+                        help="mean: average over frames; embedding: the utterance embedding (ignores --layer)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward")
     parser.add_argument("--data-dir", help="replaces the checkpoint's task.data (a fine-tune's dict.ltr.txt)")
@@ -44,12 +50,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_audio(path: Path, normalize: bool) -> torch.Tensor:
-    audio, _ = sf.read(str(path), dtype="float32")
+def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
+    audio, rate = sf.read(str(path), dtype="float32")
     if audio.ndim != 1:
         raise ValueError(f"{path}: {audio.ndim} channels; the models read mono audio")
-    wave = torch.from_numpy(audio)
-    return F.layer_norm(wave, wave.shape) if normalize else wave
+    if rate != sample_rate:
+        raise ValueError(f"{path}: {rate} Hz; the model reads {sample_rate} Hz audio")
+    return torch.from_numpy(audio)
 
 
 def main(argv=None) -> None:
@@ -57,8 +64,7 @@ def main(argv=None) -> None:
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         sys.exit(f"{args.out} is not empty; pass --force to write into it")
     utterances = audio_files(args.manifest)
-    model, cfg = load_model(args.checkpoint, args.data_dir, args.device)
-    normalize = bool(getattr(cfg.task, "normalize", False))
+    extractor = FeatureExtractor.from_checkpoint(args.checkpoint, args.data_dir, args.device)
     layer = None if args.layer == "all" else int(args.layer)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -68,23 +74,23 @@ def main(argv=None) -> None:
     with tqdm(total=len(utterances), unit="utt", desc="features") as progress:
         for first in range(0, len(order), args.batch_size):
             batch = order[first:first + args.batch_size]
-            waves = [read_audio(utterances[i][0], normalize) for i in batch]
-            longest = max(len(w) for w in waves)
-            source = torch.stack([F.pad(w, (0, longest - len(w))) for w in waves]).to(args.device)
-            padding = torch.stack([torch.arange(longest) >= len(w) for w in waves]).to(args.device)
-            layers, frame_padding = hidden_states(model, source, padding)
-            selected = select_layers(layers, layer)  # [B, T, C] or [B, L+1, T, C]
+            features = extractor([read_audio(utterances[i][0], extractor.sample_rate) for i in batch])
+            selected = select_layers(features.layers, layer)  # [B, T, C] or [B, L+1, T, C]
             for row, i in enumerate(batch):
-                frames = selected.size(-2) if frame_padding is None else int((~frame_padding[row]).sum())
-                features = selected[row][..., :frames, :]
+                frames = int(features.lengths[row])
+                clip = selected[row][..., :frames, :]
                 if args.pool == "mean":
-                    features = features.mean(dim=-2)
+                    clip = clip.mean(dim=-2)
+                elif args.pool == "embedding":
+                    clip = features.embedding[row]
                 name = f"{i:06d}.npy"
-                np.save(args.out / name, features.float().cpu().numpy())
+                np.save(args.out / name, clip.float().cpu().numpy())
                 index[i] = f"{name}\t{utterances[i][0]}\t{frames}"
             progress.update(len(batch))
     elapsed = time.perf_counter() - start
     (args.out / "index.tsv").write_text("file\taudio\tframes\n" + "\n".join(index) + "\n")
+    timing = {"first_frame": extractor.first_frame_seconds, "frame_step": extractor.frame_seconds}
+    (args.out / "timing.json").write_text(json.dumps(timing) + "\n")
     print(f"wrote {len(utterances)} feature files (layer {args.layer}, pool {args.pool}) to {args.out} in "
           f"{elapsed:.1f} s: {len(utterances) / elapsed:.1f} utterances/s on {args.device}")
 

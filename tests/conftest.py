@@ -38,3 +38,12 @@ def tiny_hubert_teacher(demo_corpus, tmp_path_factory) -> Path:
         f"task.label_dir={root / 'labels'}", "optimization.max_update=3", run_dir=root,
     )
     return root / "checkpoints" / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict:
+    """Untrained tiny checkpoints of every model (kind -> path), as fairseq's trainer saves them."""
+    from tiny_checkpoints import TINY, build
+
+    root = tmp_path_factory.mktemp("tiny_checkpoints")
+    return {kind: build(kind, root / f"{kind}.pt") for kind in TINY}

@@ -1,10 +1,14 @@
-"""Layer features (maskssl_fairseq.features, run/extract_features.py): a padded batch gives each utterance's features
-alone, for every model kind; fairseq's own forward is the reference where it returns layer outputs."""
+"""Layer features (maskssl_fairseq.features, run/extract_features.py): every model gives every layer, frame times and
+an utterance embedding for any clip length; a padded batch gives each utterance's features alone, for every model
+kind; fairseq's own forward is the reference where it returns layer outputs."""
 
+import json
+import math
 import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from fairseq.data import Dictionary
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
@@ -15,7 +19,7 @@ from omegaconf import OmegaConf
 
 import maskssl_fairseq
 from helpers import REPO
-from maskssl_fairseq.features import hidden_states
+from maskssl_fairseq.features import FeatureExtractor, hidden_states
 from maskssl_fairseq.models.armhubert import ArmHubertConfig, ArmHubertModel
 from maskssl_fairseq.models.eh_mam import EhMamConfig, EhMamModel
 
@@ -23,6 +27,7 @@ sys.path.insert(0, str(REPO / "run"))
 sys.path.insert(0, str(REPO / "examples" / "armhubert"))
 from extract_features import main as extract_main  # noqa: E402
 from make_random_teacher import main as make_random_teacher  # noqa: E402
+from tiny_checkpoints import TINY, build_classifier  # noqa: E402
 
 CONV = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
 SMALL = dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,
@@ -136,3 +141,96 @@ def test_extract_features_writes_one_file_per_utterance_and_refuses_to_overwrite
         extract_main(["--checkpoint", str(checkpoint), "--manifest", str(manifest), "--layer", "1",
                       "--out", str(tmp_path / "pooled")])
     assert maskssl_fairseq.load_model(str(checkpoint))[0].training is False
+
+
+@pytest.fixture(scope="module")
+def extractors(tiny_checkpoints):
+    return {kind: FeatureExtractor.from_checkpoint(str(path)) for kind, path in tiny_checkpoints.items()}
+
+
+def expected_frames(extractor: FeatureExtractor, samples: int) -> int:
+    if not extractor.spectrogram:  # the CNN's frames
+        return (samples - extractor.field) // extractor.stride + 1
+    if extractor.kaldi:  # EAT: uncentred 25 ms frames, the last partial patch padded
+        spectrogram_frames = (samples - 400) // extractor.hop + 1
+    else:  # M2D: centred frames
+        spectrogram_frames = samples // extractor.hop + 1
+    return math.ceil(spectrogram_frames / extractor.patch)
+
+
+@pytest.mark.parametrize("kind", TINY)
+def test_every_model_gives_every_layer_timestamps_and_an_embedding_for_any_length(extractors, kind):
+    extractor = extractors[kind]
+    width = extractor.frames_per_piece * extractor.stride  # samples a training-width piece advances
+    generator = torch.Generator().manual_seed(0)
+    # short (0.7 s), M2D's 2.2 s example, and a clip of 2.5 training widths (three pieces)
+    waves = [torch.randn(n, generator=generator) * 0.1 for n in (11200, 35200, int(2.5 * width))]
+    out = extractor(waves)
+    assert len(out.layers) == 3  # layer 0 + the 2 transformer layers of every tiny model
+    assert out.lengths.tolist() == [expected_frames(extractor, len(w)) for w in waves]
+    if kind in ("m2d", "msm_mae", "m2d_clap"):
+        assert out.lengths[1] == 14  # as M2D's runtime: the last partial patch is padded, not dropped
+    steps = out.timestamps.diff()
+    assert torch.allclose(steps, torch.tensor(extractor.frame_seconds), atol=1e-5)
+    for row, wave in enumerate(waves):  # every frame centre lies in the clip, give or take half a patch
+        assert out.timestamps[out.lengths[row] - 1] <= len(wave) / 16000 + extractor.frame_seconds / 2
+    for layer in out.layers:
+        assert layer.shape[:2] == out.padding.shape and (layer[out.padding] == 0).all()
+    for row, wave in enumerate(waves):  # a padded batch gives each clip what it gives alone
+        alone = extractor([wave])
+        frames = int(out.lengths[row])
+        assert alone.lengths.tolist() == [frames]
+        for batched, single in zip(out.layers, alone.layers):
+            torch.testing.assert_close(batched[row, :frames], single[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.embedding[row], alone.embedding[0], rtol=0, atol=1e-5)
+    if kind == "eat":  # EAT's utterance embedding is its CLS token, as the official feature extraction returns it
+        model = extractor.model
+        spectrogram = extractor.standardised_spectrogram(waves[0].to(torch.float32))
+        cls = model.encoder(model.encoder.embed(spectrogram))[:, 0]
+        torch.testing.assert_close(out.embedding[0], cls[0], rtol=0, atol=1e-5)
+        assert out.lengths[0] == 5  # 0.7 s: 68 fbank frames in 5 patches, not the 16 of the training width
+    else:
+        valid = out.lengths[0]
+        torch.testing.assert_close(out.embedding[0], out.layers[-1][0, :valid].mean(0), rtol=0, atol=1e-6)
+    if kind in ("eh_mam", "data2vec2"):  # the pieces' CNN frames are exactly the whole clip's
+        whole, _ = hidden_states(extractor.model, torch.nn.functional.layer_norm(waves[2], waves[2].shape)[None])
+        torch.testing.assert_close(out.layers[0][2, :out.lengths[2]], whole[0][0], rtol=0, atol=1e-5)
+
+
+def write_manifest(root, lengths):
+    generator = np.random.default_rng(0)
+    lines = [str(root)]
+    for i, n in enumerate(lengths):
+        sf.write(root / f"{i}.wav", (0.1 * generator.standard_normal(n)).astype(np.float32), 16000)
+        lines.append(f"{i}.wav\t{n}")
+    (root / "clips.tsv").write_text("\n".join(lines) + "\n")
+    return root / "clips.tsv"
+
+
+@pytest.mark.parametrize("kind", ["m2d", "eat", "eh_mam"])
+def test_extract_features_writes_every_layer_of_any_checkpoint(tiny_checkpoints, extractors, kind, tmp_path):
+    manifest = write_manifest(tmp_path, [16000, 35200, 9000])
+    extract_main(["--checkpoint", str(tiny_checkpoints[kind]), "--manifest", str(manifest), "--layer", "all",
+                  "--out", str(tmp_path / "all"), "--batch-size", "2"])
+    extractor = extractors[kind]
+    rows = [line.split("\t") for line in (tmp_path / "all" / "index.tsv").read_text().splitlines()[1:]]
+    for (name, audio, frames), n in zip(rows, [16000, 35200, 9000]):
+        features = np.load(tmp_path / "all" / name)
+        assert int(frames) == expected_frames(extractor, n) and features.shape[:2] == (3, int(frames))
+    timing = json.loads((tmp_path / "all" / "timing.json").read_text())
+    assert timing == pytest.approx({"first_frame": float(extractor([torch.zeros(16000)]).timestamps[0]),
+                                    "frame_step": extractor.frame_seconds})
+    extract_main(["--checkpoint", str(tiny_checkpoints[kind]), "--manifest", str(manifest), "--layer", "0",
+                  "--pool", "embedding", "--out", str(tmp_path / "embedding")])
+    embedding = np.load(tmp_path / "embedding" / rows[0][0])
+    expected = extractor([torch.from_numpy(sf.read(tmp_path / "0.wav", dtype="float32")[0])])
+    np.testing.assert_allclose(embedding, expected.embedding[0].numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_fine_tuned_classifier_gives_its_encoder_s_features_without_its_data(tiny_checkpoints, extractors, tmp_path):
+    classifier = FeatureExtractor.from_checkpoint(str(build_classifier(tiny_checkpoints["eat"], tmp_path / "cls.pt")))
+    wave = [torch.randn(20000, generator=torch.Generator().manual_seed(1)) * 0.1]
+    ours, pretrained = classifier(wave), extractors["eat"](wave)
+    for mine, theirs in zip(ours.layers, pretrained.layers):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.embedding, pretrained.embedding, rtol=0, atol=1e-6)  # the CLS: pooling "cls"

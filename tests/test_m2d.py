@@ -102,9 +102,10 @@ def test_frame_and_clip_features(random_run):
     from linear_eval import load_encoder
 
     model = load_encoder(random_run[1], random_init=False, device=torch.device("cpu"))
-    features = model.extract_features(torch.randn(2, 16000 * 5))  # 5 s: 501 frames, 31 patches of 16
-    # 208-frame chunks: 13 + 13 + 5 time steps, each 5 frequency patches x 64 dims
-    assert features["frames"].shape == (2, 31, 5 * 64)
+    features = model.extract_features(torch.randn(2, 16000 * 5))  # 5 s: 501 frames, 31 patches of 16 and 5 frames
+    # 208-frame pieces: 13 + 13 + 6 time steps (the last partial patch padded, as M2D's runtime does), each 5
+    # frequency patches x 64 dims
+    assert features["frames"].shape == (2, 32, 5 * 64)
     assert torch.allclose(features["clip"], features["frames"].mean(dim=1))
     short = model.extract_features(torch.randn(1, 800))  # 6 frames: padded to one patch
     assert short["frames"].shape == (1, 1, 320)

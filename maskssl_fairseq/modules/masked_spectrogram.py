@@ -137,7 +137,11 @@ class MaskedSpectrogramModel(BaseFairseqModel):
 
     @torch.no_grad()
     def extract_features(self, source: torch.Tensor) -> dict:
-        """Frozen features of whole clips ``[B, S]`` (any length): ``frames [B, T', (F/p) * D]`` every
-        ``patch * hop`` samples (M2D: 3840-d every 160 ms) and ``clip [B, (F/p) * D]``, their mean over time."""
-        frames = self.encoder.frame_features(self.frontend(source).unsqueeze(1))
-        return {"frames": frames, "clip": frames.mean(dim=1)}
+        """Frozen features of whole clips ``[B, S]`` (any length), the last layer of
+        :class:`~maskssl_fairseq.features.FeatureExtractor`: ``frames [B, T', (F/p) * D]`` every ``patch * hop``
+        samples (M2D: 3840-d every 160 ms; a last partial patch padded, as M2D's runtime does) and
+        ``clip [B, (F/p) * D]``, their mean over time."""
+        from ..features import FeatureExtractor, masked_mean
+
+        features = FeatureExtractor(self, self.cfg.sample_rate)(source, layers=[-1])
+        return {"frames": features.layers[0], "clip": masked_mean(features.layers[0], features.padding)}

@@ -140,26 +140,6 @@ class SpectrogramViT(nn.Module):
             ffn_outputs.append(ffn)
         return x, ffn_outputs
 
-    def chunk_tokens(self, spectrogram: torch.Tensor) -> List[torch.Tensor]:
-        """Unmasked patch tokens (CLS dropped) of a spectrogram of any length ``[B, 1, F, L]``, cut into
-        chunks of the training width (the last one shorter): one ``[B, (F/p) * t, D]`` per chunk. Frames past
-        the last whole patch are dropped; a clip shorter than one patch is zero-padded to one."""
-        width = self.grid[1] * self.patch
-        if spectrogram.shape[-1] < self.patch:
-            spectrogram = nn.functional.pad(spectrogram, (0, self.patch - spectrogram.shape[-1]))
-        usable = spectrogram.shape[-1] // self.patch * self.patch
-        return [self(self.embed(spectrogram[..., start:min(start + width, usable)]))[:, 1:]
-                for start in range(0, usable, width)]
-
-    def frame_features(self, spectrogram: torch.Tensor) -> torch.Tensor:
-        """Unmasked features of a spectrogram of any length ``[B, 1, F, L]`` -> ``[B, L // p, (F/p) * D]``:
-        per time step the ``F/p`` frequency tokens are concatenated (M2D: 5 x 768 = 3840-d every 160 ms)."""
-        chunks = []
-        for tokens in self.chunk_tokens(spectrogram):  # [B, f * t, D]
-            batch, _, dim = tokens.shape
-            chunks.append(tokens.view(batch, self.grid[0], -1, dim).permute(0, 2, 1, 3).reshape(batch, -1, self.grid[0] * dim))
-        return torch.cat(chunks, dim=1)
-
 
 class MaskedTokenPredictor(nn.Module):
     """MAE decoder / M2D predictor: fills mask tokens in, runs a narrow transformer, predicts masked positions.
