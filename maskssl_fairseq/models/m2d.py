@@ -9,7 +9,7 @@ rising linearly from ``ema_decay`` to ``ema_end_decay`` over training.
 """
 
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from fairseq.models import register_model
 from omegaconf import II
 
 from ..distributed import check_identical_across_ranks, rank_check_due
+from ..modules import released_checkpoints as released
 from ..modules.masked_spectrogram import MaskedSpectrogramConfig, MaskedSpectrogramModel
 from ..modules.spectrogram_vit import LayerNorm, MaskedTokenPredictor, init_weights, split_by_mask, transformer
 
@@ -96,3 +97,47 @@ class M2DModel(MaskedSpectrogramModel):
             "hint_ratio": self.logged_hint_ratio,
             "ema_decay": self.ema_decay_at(self.num_updates),
         }, encoded
+
+
+# the official layout (nttcslab/m2d ``M2DViT``): MAE's encoder and decoder keys plus the target encoder
+TARGET_PREFIXES = ("target_blocks.", "target_norm.")
+
+
+def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None, **overrides) -> dict:
+    """An M2D release (``torch.load`` of ``checkpoint-N.pth``, full or encoder-only) -> our ``m2d`` checkpoint.
+
+    The input size comes from the folder name (``name``, by default the folder of ``path``; M2D's convention
+    ``m2d_vit_base-80x608p16x16-...``) or from ``overrides`` (any ``M2DConfig`` field, e.g. ``input_frames=608,
+    patch_size=16, encoder_attention_heads=12``); widths and depths from the weights; heads at 64 channels
+    each (predictor: 32). What an encoder-only file lacks (predictor, target encoder) starts freshly
+    initialised."""
+    source = released.source_name(path)
+    state = released.m2d_state(state)
+    arch = released.m2d_architecture(state, name or released.folder_name(path), overrides)
+    predictor = released.decoder_sizes(state, channels_per_head=32)
+    if predictor:
+        for field_name, value in zip(("predictor_embed_dim", "predictor_layers", "predictor_attention_heads"),
+                                     (predictor["width"], predictor["depth"], predictor["heads"])):
+            arch.setdefault(field_name, overrides.get(field_name, value))
+    grid = (arch["n_mels"] // arch["patch_size"], arch["input_frames"] // arch["patch_size"])
+    converted = released.vit_from_official(state, grid)
+    converted.update(released.decoder_from_official(state, "predictor."))
+    converted.update({key: value for key, value in state.items() if key.startswith(TARGET_PREFIXES)})
+    released.unused_keys(state, released.VIT_PREFIXES + released.DECODER_PREFIXES + TARGET_PREFIXES, source)
+    return released.m2d_family_checkpoint("m2d", state, arch, converted, source)
+
+
+def to_official(checkpoint: dict) -> dict:
+    """Our ``m2d`` checkpoint -> ``{'model': state}`` in M2D's layout (``norm_stats`` inside). Save it as
+    ``<folder>/checkpoint-N.pth`` with the folder named after the input size (:func:`official_folder_name`),
+    which M2D's runtimes read."""
+    ours = checkpoint["model"]
+    state = released.vit_to_official(ours)
+    state.update(released.decoder_to_official(ours, "predictor."))
+    state.update({key: value for key, value in ours.items() if key.startswith(TARGET_PREFIXES)})
+    return {"model": state}
+
+
+def official_folder_name(checkpoint: dict, model: str = "m2d_vit_base", suffix: str = "maskssl") -> str:
+    """The folder name M2D's runtimes parse the input size from, e.g. ``m2d_vit_base-80x608p16x16-maskssl``."""
+    return released.official_folder_name(checkpoint["cfg"]["model"], model, suffix)

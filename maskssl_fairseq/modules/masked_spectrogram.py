@@ -61,6 +61,9 @@ class MaskedSpectrogramConfig(FairseqDataclass):
 class MaskedSpectrogramModel(BaseFairseqModel):
     """Front end, encoder and masking; ``forward(source)`` is the subclass's training objective."""
 
+    # the channel order of the encoder's position table: M2D / MAE put time first, EAT frequency
+    time_first_positions = True
+
     def __init__(self, cfg: MaskedSpectrogramConfig):
         super().__init__()
         self.cfg = cfg
@@ -80,7 +83,8 @@ class MaskedSpectrogramModel(BaseFairseqModel):
             self.frontend = LogMelSpectrogram(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
                                               cfg.f_min, cfg.f_max)
         self.encoder = SpectrogramViT((cfg.n_mels, cfg.input_frames), cfg.patch_size, cfg.encoder_embed_dim,
-                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio, cfg.post_ln)
+                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio, cfg.post_ln,
+                                      self.time_first_positions)
         self.num_updates = 0
         self.hint_ratio = self._hint_ratio(0)
 
