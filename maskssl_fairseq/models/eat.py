@@ -22,6 +22,7 @@ fairseq logs ``loss_frame`` and ``loss_utterance`` after the same division, so t
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -198,6 +199,8 @@ def _eat_values(model_cfg: dict) -> dict:
         "layer_norm_first": (model_cfg.get("layer_norm_first", False), False),
         "norm_eps": (model_cfg.get("norm_eps", 1e-6), 1e-6),
         "modalities.image.embed_dim": (image.get("embed_dim", model_cfg["embed_dim"]), model_cfg["embed_dim"]),
+        # EAT's patch embedding strides 16 whatever its kernel (PatchEmbed_new's default stride)
+        "modalities.image.patch_size": (image.get("patch_size", 16), 16),
     }
     for name, (value, ours) in unsupported.items():
         if value != ours:
@@ -240,7 +243,8 @@ def _as_dict(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
 
 
-def from_official(state: dict, path: Optional[str] = None, norm_stats=EAT_FBANK_NORM_STATS, **overrides) -> dict:
+def from_official(state: dict, path: Optional[str] = None, norm_stats=EAT_FBANK_NORM_STATS,
+                  config: Optional[dict] = None, **overrides) -> dict:
     """An EAT pretraining checkpoint (fairseq dict, ``data2vec_multi`` on IMAGE, the teacher under ``_ema``)
     -> our ``eat`` checkpoint, the architecture read from its ``cfg`` (``overrides``: any ``EATConfig`` field).
     ``norm_stats``: the fbank mean and std of EAT's scripts (AudioSet's), which the checkpoint does not hold."""
@@ -266,7 +270,7 @@ def from_official(state: dict, path: Optional[str] = None, norm_stats=EAT_FBANK_
     return released.converted_checkpoint("eat", values, _eat_task(values, norm_stats), converted, source)
 
 
-def to_official(checkpoint: dict, max_length: int = 768) -> dict:
+def to_official(checkpoint: dict, max_length: int = 768, **unused) -> dict:
     """Our ``eat`` checkpoint -> EAT's fairseq layout (``cfg`` for ``data2vec_multi`` / ``mae_image_pretraining``,
     student and ``_ema`` teacher); ``max_length``: time patches of EAT's position table (its default 768)."""
     cfg = checkpoint["cfg"]["model"]
@@ -314,11 +318,12 @@ _POOLING = {"CLS_TOKEN": "cls", "MEAN_POOLING": "mean"}
 
 
 def from_official_finetuned(state: dict, path: Optional[str] = None, labels: Optional[Sequence[str]] = None,
-                            norm_stats=EAT_FBANK_NORM_STATS, multi_label: bool = True, **overrides) -> dict:
+                            norm_stats=EAT_FBANK_NORM_STATS, multi_label: bool = True,
+                            config: Optional[dict] = None, **overrides) -> dict:
     """A fine-tuned EAT (fairseq dict, ``mae_image_classification``: the encoder under ``model.*``, ``fc_norm``,
-    ``head``) -> our ``spectrogram_classifier`` checkpoint (``run/classify.py``, or ``model.pretrained_path``
-    of a further fine-tuning through its encoder). ``labels``: the class names in the head's order (the
-    checkpoint has none; AudioSet's 527 in their official order for the AS-2M models), else ``"0"``, ``"1"``..."""
+    ``head``) -> our ``spectrogram_classifier`` checkpoint (``run/classify.py``). ``labels``: the class names in
+    the head's order, a list or a file with one a line (the checkpoint has none; AudioSet's 527 in their official
+    order for the AS-2M models), else ``"0"``, ``"1"``..."""
     from .audio_classifier import SpectrogramClassifierConfig
 
     source = released.source_name(path)
@@ -333,6 +338,8 @@ def from_official_finetuned(state: dict, path: Optional[str] = None, labels: Opt
     pretrained = released.resolved_config(EATConfig, dict(values, _name="eat"))
     weights = state["model"]
     num_classes = weights["head.weight"].shape[0]
+    if isinstance(labels, (str, Path)):  # a file, one label a line (--arg labels=FILE)
+        labels = [line.strip() for line in Path(labels).read_text(encoding="utf-8").splitlines() if line.strip()]
     labels = [str(index) for index in range(num_classes)] if labels is None else list(labels)
     if len(labels) != num_classes:
         raise ValueError(f"{source}: {len(labels)} labels for a {num_classes}-class head")

@@ -35,6 +35,9 @@ class M2DConfig(MaskedSpectrogramConfig):
 
 @register_model("m2d", dataclass=M2DConfig)
 class M2DModel(MaskedSpectrogramModel):
+    # state that counts training progress, not weights: model.init_from leaves it as built
+    training_state_keys = ("target_updates",)
+
     def __init__(self, cfg: M2DConfig):
         super().__init__(cfg)
         if cfg.ema_anneal_end_step <= 0:
@@ -103,7 +106,8 @@ class M2DModel(MaskedSpectrogramModel):
 TARGET_PREFIXES = ("target_blocks.", "target_norm.")
 
 
-def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None, **overrides) -> dict:
+def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None,
+                  config: Optional[dict] = None, **overrides) -> dict:
     """An M2D release (``torch.load`` of ``checkpoint-N.pth``, full or encoder-only) -> our ``m2d`` checkpoint.
 
     The input size comes from the folder name (``name``, by default the folder of ``path``; M2D's convention
@@ -127,11 +131,11 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
     return released.m2d_family_checkpoint("m2d", state, arch, converted, source)
 
 
-def to_official(checkpoint: dict) -> dict:
+def to_official(checkpoint: dict, **unused) -> dict:
     """Our ``m2d`` checkpoint -> ``{'model': state}`` in M2D's layout (``norm_stats`` inside). Save it as
     ``<folder>/checkpoint-N.pth`` with the folder named after the input size (:func:`official_folder_name`),
     which M2D's runtimes read."""
-    ours = checkpoint["model"]
+    ours = released.with_stored_positions(checkpoint)
     state = released.vit_to_official(ours)
     state.update(released.decoder_to_official(ours, "predictor."))
     state.update({key: value for key, value in ours.items() if key.startswith(TARGET_PREFIXES)})

@@ -112,7 +112,8 @@ def _rename(state: dict, names: dict) -> dict:
     return renamed
 
 
-def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None, **overrides) -> dict:
+def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None,
+                  config: Optional[dict] = None, **overrides) -> dict:
     """An M2D-CLAP release (2024 ``checkpoint-N.pth``; 2025 saved ``RuntimeM2D`` with ``backbone.*``) -> our
     ``m2d_clap`` checkpoint: the M2D part as ``m2d.from_official`` converts it, the audio projector (2024 MLP
     ``audio_proj.{0,2}`` or 2025 semantic token ``audio_proj.sem_*``), ``text_proj`` and ``logit_scale``. A
@@ -151,7 +152,7 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
     return released.m2d_family_checkpoint("m2d_clap", state, arch, converted, source)
 
 
-def to_official(checkpoint: dict) -> dict:
+def to_official(checkpoint: dict, **unused) -> dict:
     """Our ``m2d_clap`` checkpoint -> ``{'model': state}`` in M2D-CLAP's layout (``norm_stats`` inside);
     M2D's runtimes read the input size from the folder name (``m2d.official_folder_name``)."""
     from .m2d import to_official as m2d_to_official

@@ -45,7 +45,8 @@ class MSMMAEModel(MaskedSpectrogramModel):
         return {"losses": {"mse": per_patch.sum()}, "sample_size": per_patch.numel(), "hint_ratio": self.logged_hint_ratio}
 
 
-def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None, **overrides) -> dict:
+def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None,
+                  config: Optional[dict] = None, **overrides) -> dict:
     """An MSM-MAE checkpoint of the M2D code base (``msm_mae_vit_base``: MAE's ``MaskedAutoencoderViT`` with a
     CLS token; ``torch.load`` of ``checkpoint-N.pth``) -> our ``msm_mae`` checkpoint. Input size from the folder
     name (``name`` or the folder of ``path``, M2D's convention) or ``overrides`` (any ``MSMMAEConfig`` field);
@@ -65,10 +66,10 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
     return released.m2d_family_checkpoint("msm_mae", state, arch, converted, source)
 
 
-def to_official(checkpoint: dict) -> dict:
+def to_official(checkpoint: dict, **unused) -> dict:
     """Our ``msm_mae`` checkpoint -> ``{'model': state}`` in the M2D code base's MAE layout (``norm_stats``
     inside); M2D's runtimes read the input size from the folder name (``m2d.official_folder_name``)."""
-    ours = checkpoint["model"]
+    ours = released.with_stored_positions(checkpoint)
     state = released.vit_to_official(ours)
     state.update(released.decoder_to_official(ours, "decoder."))
     return {"model": state}

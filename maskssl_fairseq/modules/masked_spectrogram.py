@@ -56,6 +56,14 @@ class MaskedSpectrogramConfig(FairseqDataclass):
         default=None, metadata={"help": "fixed hint ratio instead of the schedule (DWM paper ablations: 0.0, 0.5)"}
     )
     max_update: int = II("optimization.max_update")
+    # continued pretraining
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "a checkpoint of this plugin (e.g. an M2D or EAT release converted with "
+                          "run/convert_checkpoint.py) whose weights, normalisation statistics and EMA teacher / "
+                          "target encoder start this run; the architecture must match; ignored when the run "
+                          "resumes from a checkpoint"},
+    )
 
 
 class MaskedSpectrogramModel(BaseFairseqModel):

@@ -1,8 +1,9 @@
 """What the converters of the released spectrogram models share (EAT, M2D, MSM-MAE, M2D-CLAP; each model file
 keeps its own key mapping, as timm keeps a ``checkpoint_filter_fn`` beside each model).
 
-- :func:`fairseq_checkpoint` wraps a converted state dict into the fairseq checkpoint dict our tools load
-  (``load_model``, ``model.pretrained_path``, ``model.init_from``, ``run/linear_eval.py``, ``run/zeroshot.py``).
+- :func:`converted_checkpoint` builds our model around the converted weights and wraps them into the fairseq
+  checkpoint dict our tools load (``checkpoints.plugin_checkpoint``: ``load_model``, ``model.pretrained_path``,
+  ``model.init_from``, ``run/linear_eval.py``, ``run/zeroshot.py``).
 - The M2D family's releases (``torch.load`` of ``checkpoint-N.pth``): the state under ``model`` (or the file is
   the state), timm / MAE ViT key names, ``norm_stats`` inside, the architecture in the folder name
   (``m2d_vit_base-80x608p16x16-240213``: 80 mel bins x 608 frames, 16 x 16 patches, optionally ``p32k``) and
@@ -34,19 +35,6 @@ def resolved_config(config_class, values: dict) -> dict:
     interpolations to ``task.*`` / ``optimization.*`` must be among ``values``)."""
     merged = OmegaConf.merge(OmegaConf.structured(config_class), values)
     return OmegaConf.to_container(merged, resolve=True, enum_to_str=True)
-
-
-def fairseq_checkpoint(model_cfg: dict, task_cfg: dict, state: Dict[str, torch.Tensor], source: str) -> dict:
-    """A fairseq checkpoint dict (``cfg`` with the model and task, ``model`` the state) that fairseq's
-    ``load_model_ensemble_and_task`` and our loaders read; ``source`` says what it was converted from."""
-    return {
-        "cfg": {"model": model_cfg, "task": task_cfg, "common": {"seed": 1}, "converted_from": source},
-        "model": state,
-        "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "none",
-                               "lr_scheduler_state": {}, "num_updates": 0}],
-        "extra_state": {"train_iterator": None},
-        "last_optimizer_state": None,
-    }
 
 
 def spectrogram_task_config(sample_rate: int, hop_length: int, crop_frames: int, norm_stats: Tuple[float, float],
@@ -238,10 +226,12 @@ def converted_checkpoint(model_name: str, values: dict, task_cfg: dict, converte
     weights into its state (:func:`complete_state`) and returns the fairseq checkpoint dict."""
     from fairseq.models import MODEL_DATACLASS_REGISTRY, MODEL_REGISTRY
 
+    from ..checkpoints import plugin_checkpoint
+
     model_cfg = resolved_config(MODEL_DATACLASS_REGISTRY[model_name], dict(values, _name=model_name))
     torch.manual_seed(0)  # what the release lacks starts from a reproducible initialisation
     model = MODEL_REGISTRY[model_name].build_model(OmegaConf.create(model_cfg))
-    return fairseq_checkpoint(model_cfg, task_cfg, complete_state(model, converted, source), source)
+    return plugin_checkpoint(model_cfg, task_cfg, complete_state(model, converted, source))
 
 
 def m2d_family_checkpoint(model_name: str, state: Dict[str, torch.Tensor], arch: dict, converted: Dict[str, torch.Tensor],
@@ -269,3 +259,18 @@ def official_folder_name(model_cfg: dict, model: str, suffix: str) -> str:
     rate = "" if model_cfg["sample_rate"] == 16000 else f"p{model_cfg['sample_rate'] // 1000}k"
     patch = model_cfg["patch_size"]
     return f"{model}-{model_cfg['n_mels']}x{model_cfg['input_frames']}p{patch}x{patch}{rate}-{suffix}"
+
+
+def with_stored_positions(checkpoint: dict) -> Dict[str, torch.Tensor]:
+    """The checkpoint's state with its position tables: one saved before they were stored (2026-12-06) used
+    the frequency-first tables of then, which the official code runs exactly as it reads them."""
+    from ..modules.spectrogram_vit import MaskedTokenPredictor, sincos_positions
+
+    cfg, state = checkpoint["cfg"]["model"], dict(checkpoint["model"])
+    grid = (cfg["n_mels"] // cfg["patch_size"], cfg["input_frames"] // cfg["patch_size"])
+    if "encoder.pos_embed" not in state:
+        state["encoder.pos_embed"] = sincos_positions(cfg["encoder_embed_dim"], grid, time_first=False)
+    for prefix, width in (("predictor.", "predictor_embed_dim"), ("decoder.", "decoder_embed_dim")):
+        if prefix + "embed.weight" in state and prefix + "pos_embed" not in state:
+            state[prefix + "pos_embed"] = MaskedTokenPredictor.positions(cfg[width], grid, time_first=False)
+    return state

@@ -131,7 +131,7 @@ def import_eat(repo: Path):
 
 
 EAT_TINY = {"embed_dim": 16, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0, "average_top_k_layers": 2, "clone_batch": 2,
-            "target_length": 24, "max_length": 4, "patch_size": 8, "decoder_dim": 16, "decoder_layers": 2, "decoder_groups": 16}
+            "target_length": 32, "max_length": 4, "patch_size": 16, "decoder_dim": 16, "decoder_layers": 2, "decoder_groups": 16}
 EAT_NORM = (-4.268, 4.569)
 
 
@@ -191,7 +191,7 @@ def record_eat(repo: Path, commit: str, out: Path) -> None:
     teacher = model.ema.model
     perturb_and_round(teacher, seed=2)  # a teacher unlike the student, so that a mix-up of the two shows
     model.ema.build_fp32_params()
-    waveform = test_waveform(3520, seed=3)  # 0.22 s: 20 fbank frames, zero-padded to 24
+    waveform = test_waveform(4800, seed=3)  # 0.3 s: 28 fbank frames, zero-padded to 32
     fbank = eat_fbank(waveform, EAT_TINY["target_length"])
     with torch.no_grad():
         student = model.extract_features(fbank, mode="IMAGE", mask=False, remove_extra_tokens=False)["x"]
