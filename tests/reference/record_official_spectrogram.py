@@ -331,6 +331,71 @@ def record_m2d(repo: Path, commit: str, mae: Path, mae_commit: str, out: Path) -
                input=same_input))
 
 
+# ----- our exporters, loaded by the official code -----
+
+def check_eat_export(pretraining, fixtures: Path) -> None:
+    """Our EAT, converted from the fixture and exported with ``eat.to_official``, loads strictly into EAT's
+    own model, which then gives our outputs."""
+    from omegaconf import OmegaConf
+
+    from maskssl_fairseq.models import eat
+
+    arrays = dict(np.load(fixtures / "eat_pretrained.npz"))
+    meta = json.loads(arrays.pop("meta").tobytes())
+    state = {k[2:]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith("w/")}
+    state["_ema"] = {k[4:]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith("ema/")}
+    ours_checkpoint = eat.from_official({"cfg": meta["cfg"], "model": state})
+    ours = eat.EATModel(OmegaConf.create(ours_checkpoint["cfg"]["model"]))
+    ours.load_state_dict(ours_checkpoint["model"], strict=True)
+    ours.eval()
+    exported = eat.to_official(ours_checkpoint, max_length=EAT_TINY["max_length"])
+    root = eat_config(pretraining)
+    root.model.merge_with(exported["cfg"]["model"])
+    official = pretraining.Data2VecMultiModel.build_model(root.model, task=None).eval()
+    official.load_state_dict(exported["model"], strict=True)
+    fbank = torch.from_numpy(arrays["fbank"])
+    grid = (EAT_TINY["target_length"] // 16, 128 // 16)
+    with torch.no_grad():
+        theirs = official.extract_features(fbank, mode="IMAGE", mask=False, remove_extra_tokens=False)["x"]
+        mine = ours.encoder(ours.encoder.embed(fbank[:, 0].transpose(1, 2).unsqueeze(1)))
+    patches = mine[:, 1:].reshape(1, 128 // 16, grid[0], -1).transpose(1, 2).reshape(1, -1, mine.shape[-1])
+    mine = torch.cat([mine[:, :1], patches], dim=1)
+    print(f"EAT: ours exported, loaded strictly by EAT's code: max abs difference {(mine - theirs).abs().max():.2e}")
+
+
+def check_m2d_exports(models_mae, fixtures: Path) -> None:
+    """Our M2D / MSM-MAE / M2D-CLAP, converted from the fixtures and exported, load strictly into the official
+    classes, which then give our outputs."""
+    from maskssl_fairseq.models import m2d, m2d_clap, msm_mae
+
+    log_mel = torch.from_numpy(np.load(fixtures / "m2d.npz")["log_mel"])
+    for name, module, cls, extra in (("m2d", m2d, models_mae.M2DViT, dict(predictor_embed_dim=16, predictor_layers=1)),
+                                     ("msm_mae", msm_mae, models_mae.MaskedAutoencoderViT, {}),
+                                     ("m2d_clap", m2d_clap, models_mae.M2D_CLAP_ViT, {})):
+        arrays = dict(np.load(fixtures / f"{name}.npz"))
+        meta = json.loads(arrays.pop("meta").tobytes())
+        state = {k[2:]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if k.startswith("w/")}
+        heads = {key: meta[key] for key in ("encoder_attention_heads", "predictor_attention_heads",
+                                            "decoder_attention_heads") if key in meta}
+        checkpoint = module.from_official({"model": state}, name=meta["name"], **heads, **extra)
+        exported = module.to_official(checkpoint)["model"]
+        official = cls(**M2D_TINY, **({"off_emb_dim": 16} if name == "m2d_clap" else {})).eval()
+        official.load_state_dict(exported, strict=True)
+        from fairseq.models import MODEL_REGISTRY
+        from omegaconf import OmegaConf
+
+        ours = MODEL_REGISTRY[name](OmegaConf.create(checkpoint["cfg"]["model"]))
+        ours.load_state_dict(checkpoint["model"], strict=True)
+        ours.eval()
+        with torch.no_grad():
+            theirs = official.forward_encoder((log_mel - M2D_NORM[0]) / M2D_NORM[1], mask_ratio=0)[0]
+            mine = ours.encoder(ours.encoder.embed(ours.frontend.standardise(log_mel)))
+            difference = (mine - theirs).abs().max()
+            if name == "m2d_clap":
+                difference = max(difference, (ours.audio_proj(mine[:, 1:]) - official.audio_proj(theirs[:, 1:].mean(1))).abs().max())
+        print(f"{name}: ours exported, loaded strictly by the official class: max abs difference {difference:.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=["eat", "m2d"], help="eat: EAT pretrained and fine-tuned; m2d: M2D, MSM-MAE, M2D-CLAP")
@@ -339,12 +404,21 @@ def main() -> None:
     parser.add_argument("--mae", type=Path, help="m2d: facebookresearch/mae's snapshot (models_mae.py, util/pos_embed.py)")
     parser.add_argument("--mae-commit", help="m2d: its commit (M2D's README names efb2a80)")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--check-export", action="store_true",
+                        help="instead of recording: our converters' round trip through the fixtures in --out, "
+                             "exported with to_official and loaded strictly by the official code (needs this "
+                             "repository on PYTHONPATH)")
     args = parser.parse_args()
-    if args.model == "eat":
+    if args.model == "m2d" and (args.mae is None or args.mae_commit is None):
+        parser.error("m2d needs --mae and --mae-commit")
+    if args.check_export:
+        if args.model == "eat":
+            check_eat_export(import_eat(args.repo)[0], args.out)
+        else:
+            check_m2d_exports(patched_m2d_models(args.repo, args.mae), args.out)
+    elif args.model == "eat":
         record_eat(args.repo, args.commit, args.out)
     else:
-        if args.mae is None or args.mae_commit is None:
-            parser.error("m2d needs --mae and --mae-commit")
         record_m2d(args.repo, args.commit, args.mae, args.mae_commit, args.out)
 
 
