@@ -189,6 +189,7 @@ def test_m2d_equals_official(tmp_path):
                                    predictor_attention_heads=2)
     model, _ = saved_and_loaded(checkpoint, tmp_path, "m2d")
     assert (model.cfg.input_frames, model.cfg.patch_size) == (32, 8)  # from the folder name
+    assert m2d.official_folder_name(checkpoint, suffix="tiny") == meta["name"]
     log_mel = tensor(arrays, "log_mel")
     differences = front_end_and_positions(model, log_mel)
     differences["features"] = max_diff(encode(model, log_mel), tensor(arrays, "features"))

@@ -104,6 +104,7 @@ class M2DModel(MaskedSpectrogramModel):
 
 # the official layout (nttcslab/m2d ``M2DViT``): MAE's encoder and decoder keys plus the target encoder
 TARGET_PREFIXES = ("target_blocks.", "target_norm.")
+PREDICTOR_FIELDS = ("predictor_embed_dim", "predictor_layers", "predictor_attention_heads")  # from its weights
 
 
 def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None,
@@ -118,17 +119,13 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
     source = released.source_name(path)
     state = released.m2d_state(state)
     arch = released.m2d_architecture(state, name or released.folder_name(path), overrides)
-    predictor = released.decoder_sizes(state, channels_per_head=32)
-    if predictor:
-        for field_name, value in zip(("predictor_embed_dim", "predictor_layers", "predictor_attention_heads"),
-                                     (predictor["width"], predictor["depth"], predictor["heads"])):
-            arch.setdefault(field_name, overrides.get(field_name, value))
+    arch = dict(released.decoder_fields(state, PREDICTOR_FIELDS, channels_per_head=32), **arch)
     grid = (arch["n_mels"] // arch["patch_size"], arch["input_frames"] // arch["patch_size"])
     converted = released.vit_from_official(state, grid)
     converted.update(released.decoder_from_official(state, "predictor."))
     converted.update({key: value for key, value in state.items() if key.startswith(TARGET_PREFIXES)})
     released.unused_keys(state, released.VIT_PREFIXES + released.DECODER_PREFIXES + TARGET_PREFIXES, source)
-    return released.m2d_family_checkpoint("m2d", state, arch, converted, source)
+    return released.m2d_family_checkpoint("m2d", arch, converted, source)
 
 
 def to_official(checkpoint: dict, **unused) -> dict:

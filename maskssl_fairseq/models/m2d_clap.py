@@ -118,18 +118,14 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
     ``m2d_clap`` checkpoint: the M2D part as ``m2d.from_official`` converts it, the audio projector (2024 MLP
     ``audio_proj.{0,2}`` or 2025 semantic token ``audio_proj.sem_*``), ``text_proj`` and ``logit_scale``. A
     trained text encoder (2025 ``text_encoder.*``) has no place here: captions are embedded offline."""
-    from .m2d import TARGET_PREFIXES
+    from .m2d import PREDICTOR_FIELDS, TARGET_PREFIXES
 
     source = released.source_name(path)
     state = released.m2d_state(state)
     if "text_proj.2.weight" in state:
         raise ValueError(f"{source}: an MLP text projection (text_proj.0/2) is not supported, only a Linear or none")
     arch = released.m2d_architecture(state, name or released.folder_name(path), overrides)
-    predictor = released.decoder_sizes(state, channels_per_head=32)
-    if predictor:
-        for field_name, value in zip(("predictor_embed_dim", "predictor_layers", "predictor_attention_heads"),
-                                     (predictor["width"], predictor["depth"], predictor["heads"])):
-            arch.setdefault(field_name, overrides.get(field_name, value))
+    arch = dict(released.decoder_fields(state, PREDICTOR_FIELDS, channels_per_head=32), **arch)
     if "audio_proj.sem_token" in state:
         depth = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("audio_proj.sem_blocks."))
         arch.setdefault("audio_projector", "semantic")
@@ -149,7 +145,7 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
         converted["logit_scale"] = state["logit_scale"].reshape(())
     released.unused_keys(state, released.VIT_PREFIXES + released.DECODER_PREFIXES + TARGET_PREFIXES + _CLAP_PREFIXES,
                          source)
-    return released.m2d_family_checkpoint("m2d_clap", state, arch, converted, source)
+    return released.m2d_family_checkpoint("m2d_clap", arch, converted, source)
 
 
 def to_official(checkpoint: dict, **unused) -> dict:

@@ -54,16 +54,13 @@ def from_official(state: dict, path: Optional[str] = None, name: Optional[str] =
     source = released.source_name(path)
     state = released.m2d_state(state)
     arch = released.m2d_architecture(state, name or released.folder_name(path), overrides)
-    decoder = released.decoder_sizes(state, channels_per_head=64)
-    if decoder:
-        for field_name, value in zip(("decoder_embed_dim", "decoder_layers", "decoder_attention_heads"),
-                                     (decoder["width"], decoder["depth"], decoder["heads"])):
-            arch.setdefault(field_name, overrides.get(field_name, value))
+    decoder = ("decoder_embed_dim", "decoder_layers", "decoder_attention_heads")
+    arch = dict(released.decoder_fields(state, decoder, channels_per_head=64), **arch)
     grid = (arch["n_mels"] // arch["patch_size"], arch["input_frames"] // arch["patch_size"])
     converted = released.vit_from_official(state, grid)
     converted.update(released.decoder_from_official(state, "decoder."))
     released.unused_keys(state, released.VIT_PREFIXES + released.DECODER_PREFIXES, source)
-    return released.m2d_family_checkpoint("msm_mae", state, arch, converted, source)
+    return released.m2d_family_checkpoint("msm_mae", arch, converted, source)
 
 
 def to_official(checkpoint: dict, **unused) -> dict:

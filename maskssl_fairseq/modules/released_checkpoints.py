@@ -37,12 +37,11 @@ def resolved_config(config_class, values: dict) -> dict:
     return OmegaConf.to_container(merged, resolve=True, enum_to_str=True)
 
 
-def spectrogram_task_config(sample_rate: int, hop_length: int, crop_frames: int, norm_stats: Tuple[float, float],
-                            crop_samples: Optional[int] = None) -> dict:
+def spectrogram_task_config(sample_rate: int, hop_length: int, crop_frames: int, norm_stats: Tuple[float, float]) -> dict:
     """The ``spectrogram_pretraining`` task a converted model is saved with (no data: ``load_model`` builds the
     model from the checkpoint without measuring statistics)."""
     return {"_name": "spectrogram_pretraining", "data": "", "sample_rate": sample_rate, "hop_length": hop_length,
-            "crop_frames": crop_frames, "crop_samples": crop_samples, "norm_stats": [float(s) for s in norm_stats],
+            "crop_frames": crop_frames, "crop_samples": None, "norm_stats": [float(s) for s in norm_stats],
             "train_subset": "train", "seed": 1}
 
 
@@ -175,14 +174,15 @@ def decoder_to_official(ours: Dict[str, torch.Tensor], prefix: str) -> Dict[str,
     return state
 
 
-def decoder_sizes(state: Dict[str, torch.Tensor], channels_per_head: int) -> dict:
-    """Width and depth of an MAE decoder from its weights; heads from the width (M2D: 512 / 16 = 32 channels
-    per head, MSM-MAE: 384 / 6 = 64); ``{}`` without a decoder."""
+def decoder_fields(state: Dict[str, torch.Tensor], names: Tuple[str, str, str], channels_per_head: int) -> dict:
+    """Our config fields ``names`` (width, depth, heads) of the release's MAE decoder, read from its weights,
+    the heads from the width (M2D: 512 / 16 = 32 channels per head, MSM-MAE: 384 / 6 = 64); ``{}`` without a
+    decoder (an encoder-only file)."""
     if "decoder_embed.weight" not in state:
         return {}
     width = state["decoder_embed.weight"].shape[0]
     depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("decoder_blocks."))
-    return {"width": width, "depth": depth, "heads": width // channels_per_head}
+    return dict(zip(names, (width, depth, width // channels_per_head)))
 
 
 def complete_state(model: torch.nn.Module, converted: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
@@ -234,8 +234,7 @@ def converted_checkpoint(model_name: str, values: dict, task_cfg: dict, converte
     return plugin_checkpoint(model_cfg, task_cfg, complete_state(model, converted, source))
 
 
-def m2d_family_checkpoint(model_name: str, state: Dict[str, torch.Tensor], arch: dict, converted: Dict[str, torch.Tensor],
-                          source: str) -> dict:
+def m2d_family_checkpoint(model_name: str, arch: dict, converted: Dict[str, torch.Tensor], source: str) -> dict:
     """The checkpoint of an M2D-family model (``m2d``, ``m2d_clap``, ``msm_mae``) with the architecture and
     front end ``arch``; the fields that interpolate ``optimization.*`` get placeholders (a run that continues
     from the weights sets its own schedule)."""
