@@ -246,6 +246,27 @@ def test_m2d_clap_equals_official(tmp_path):
     assert_same_state(m2d_clap.to_official(checkpoint)["model"], release["model"])
 
 
+def test_m2d_clap_2025_projector_equals_official(tmp_path):
+    """A 2025 release (a saved RuntimeM2D: ``backbone.*``, the semantic-token projector ``audio_proj.sem_*``)."""
+    arrays, meta = fixture("m2d_clap_2025")
+    encoder, encoder_meta = fixture("m2d_clap")
+    _, log_mel = m2d_inputs()
+    backbone = {key: value for key, value in weights(encoder, "w/").items()
+                if not key.startswith(("audio_proj.", "logit_scale", "decoder", "mask_token", "target_"))}
+    backbone.update(weights(arrays, "w/"))
+    release = {"model": {"backbone." + key: value for key, value in backbone.items()}}
+    checkpoint = m2d_clap.from_official(release, name=encoder_meta["name"], encoder_attention_heads=2,
+                                        predictor_embed_dim=16, predictor_layers=1, predictor_attention_heads=2)
+    model, _ = saved_and_loaded(checkpoint, tmp_path, "m2d_clap_2025")
+    assert (model.cfg.audio_projector, model.cfg.audio_projector_depth) == ("semantic", 1)
+    with torch.no_grad():
+        difference = max_diff(model.audio_proj(encode(model, log_mel)[:, 1:]), tensor(arrays, "audio_embedding"))
+    print(f"M2D-CLAP 2025 projector vs {meta['repo']}@{meta['commit'][:7]}: max abs difference {difference:.2e}")
+    assert difference < TOLERANCE
+    exported = m2d_clap.to_official(checkpoint)["model"]
+    assert_same_state({k: v for k, v in exported.items() if k in backbone}, backbone)
+
+
 # ----- conventions and old checkpoints -----
 
 def test_m2d_folder_name_and_64_channels_per_head():

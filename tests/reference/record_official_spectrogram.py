@@ -330,6 +330,19 @@ def record_m2d(repo: Path, commit: str, mae: Path, mae_commit: str, out: Path) -
           dict(meta, name=f"m2d_clap_vit_base-80x{M2D_FRAMES}p{M2D_PATCH}x{M2D_PATCH}-tiny", predictor_attention_heads=2,
                input=same_input))
 
+    # M2D-CLAP 2025's projector (portable_m2d.AudioToSemantic, sem_mode 1) on the same encoder's patch tokens;
+    # its release is a saved RuntimeM2D: this projector under backbone.audio_proj.*, the encoder beside it
+    import portable_m2d
+
+    torch.manual_seed(16)
+    semantic = portable_m2d.add_semantic_audio_proj(1, M2D_TINY["embed_dim"]).eval()
+    perturb_and_round(semantic, seed=17)
+    with torch.no_grad():
+        semantic_embedding = semantic(latent[:, 1:])
+    write(out / "m2d_clap_2025.npz", {**weight_arrays("w/audio_proj.", semantic.state_dict()),
+                                      "audio_embedding": semantic_embedding.numpy()},
+          dict(meta, input=f"the encoder of m2d_clap.npz on {same_input}", commit=commit))
+
 
 # ----- our exporters, loaded by the official code -----
 
