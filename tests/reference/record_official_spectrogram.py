@@ -16,6 +16,10 @@ with our converters and compare. The official code never enters this repository:
     python tests/reference/record_official_spectrogram.py m2d --repo /tmp/m2d --commit f0c4128d4e89b1ab4e303f03141067b34aadf128 \\
         --mae /tmp/mae --mae-commit efb2a8062c206524e35e47d04501ed4f544c0ae8
 
+Add ``--check-export`` (with this repository on ``PYTHONPATH``) to check the other direction instead: the fixtures
+converted by our ``from_official``, exported by our ``to_official`` and loaded strictly by the official classes,
+whose outputs are then compared with ours. Recording twice gives the same files.
+
 Needs fairseq and timm (the project's environment), and for M2D's front end nnAudio and einops (imported by
 ``portable_m2d.py``; ``pip install --target DIR nnAudio==0.3.4 einops`` and ``PYTHONPATH=DIR`` keep them out of
 the environment). Patched in memory, never on disk: EAT's config dataclasses use instances as defaults, which
