@@ -66,6 +66,7 @@ class EATConfig(MaskedSpectrogramConfig):
 @register_model("eat", dataclass=EATConfig)
 class EATModel(EMATeacherMixin, MaskedSpectrogramModel):
     time_first_positions = False  # EAT's images are time x frequency: MAE's code puts frequency first
+
     def __init__(self, cfg: EATConfig):
         super().__init__(cfg)
         if cfg.clone_batch < 1:
