@@ -7,16 +7,18 @@ plugin (``common.user_dir``) is enough. Importing it also makes fairseq's checkp
 named in the error (:func:`load_checkpoint_to_cpu`).
 """
 
+import logging
 import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 from fairseq.file_io import PathManager
+from fairseq.trainer import Trainer
 
 torch.serialization.add_safe_globals([Dictionary])
 
@@ -66,14 +68,233 @@ _fairseq_load_checkpoint_to_cpu = checkpoint_utils.load_checkpoint_to_cpu
 
 
 def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
-    """fairseq's checkpoint loader; a truncated or non-torch file is an error that names it."""
+    """fairseq's checkpoint loader; a truncated or non-torch file is an error that names it, and so is a release
+    in its official layout (data2vec 2.0, EH-MAM, EAT, M2D, ARMHuBERT), with the command that converts it, where
+    fairseq would fail with ``KeyError: "'_name'"``, ``KeyError: 'best_loss'`` or "Could not infer task type"."""
     try:
-        return _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
+        state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason:
             raise
         raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
+    except (KeyError, ImportError, AttributeError) as error:
+        # fairseq's upgrade of a file without its metadata, or a pickle naming another code base's classes
+        name = released_format(load_release(path))
+        if name is None:
+            raise
+        raise unconverted_release_error(path, name) from error
+    name = released_format(state)
+    if name is not None:
+        raise unconverted_release_error(path, name)
+    return state
 
 
 checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+# ---- released checkpoints of the official implementations ------------------------------------------------------
+
+CONVERT_COMMAND = "python run/convert_checkpoint.py --from {name} {path} <converted.pt>"
+
+
+class _UnknownGlobal:
+    """Stands in for a class that a released pickle names but this environment lacks (PyTorch Lightning's
+    ``AttributeDict``, argparse-like configs of other code bases): its state is kept, never executed."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (_UnknownGlobal,), {"__module__": f"unavailable.{module}"})
+
+
+class _TolerantPickle:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler replaces unimportable classes by placeholders."""
+
+    Unpickler = _TolerantUnpickler
+    load = pickle.load
+    __name__ = "pickle"
+
+
+def load_release(path) -> dict:
+    """A released checkpoint file as a dict of plain containers and tensors, on CPU.
+
+    Release files pickle more than tensors (fairseq's meters, Lightning's hyper-parameters, argparse
+    namespaces), so torch's ``weights_only`` loader refuses them; they are trusted as fairseq's own loader
+    trusts checkpoints. Classes of packages that are not installed here load as inert placeholders.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TolerantPickle)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def _cfg_section(state: dict, name: str) -> dict:
+    cfg = state.get("cfg") or {}
+    section = cfg.get(name) if hasattr(cfg, "get") else None
+    return section if section is not None else {}
+
+
+def released_format(state: dict) -> Optional[str]:
+    """The ``run/convert_checkpoint.py --from`` name of a release layout that this plugin does not load as it is,
+    or None for anything else (our own checkpoints, fairseq's wav2vec 2.0 / HuBERT)."""
+    from fairseq.models import MODEL_REGISTRY
+
+    model_cfg = _cfg_section(state, "model")
+    name = model_cfg.get("_name") if hasattr(model_cfg, "get") else None
+    if name == "wav2vec_ctc" and model_cfg.get("w2v_args"):
+        inner = model_cfg["w2v_args"].get("model") or {}
+        if inner.get("_name") == "data2vec_multi" and "data2vec_multi" not in MODEL_REGISTRY:
+            return "data2vec2"
+    if name == "data2vec_multi" and name not in MODEL_REGISTRY:
+        weights = state.get("model") or {}
+        if str(model_cfg.get("supported_modality", "")).upper().endswith("IMAGE") or any(
+                k.startswith("modality_encoders.IMAGE.") for k in weights):
+            return "eat"
+        return "eh_mam" if any(".decoder_pred." in k for k in weights) or "learning_loss" in model_cfg else "data2vec2"
+    if name == "mae_image_classification" and name not in MODEL_REGISTRY:
+        return "eat_finetuned"
+    if "cfg" in state or "args" in state:
+        return None
+    lightning = state.get("state_dict")
+    if isinstance(lightning, dict) and any(k.startswith("student_model.") for k in lightning):
+        return "armhubert"
+    weights = state.get("model", state)
+    if isinstance(weights, dict) and "patch_embed.proj.weight" in weights:
+        if any(k.startswith("audio_proj.") for k in weights):
+            return "m2d_clap"
+        return "m2d"
+    return None
+
+
+def unconverted_release_error(path, name: str) -> ValueError:
+    hint = {"m2d": " (--from msm_mae for an MSM-MAE file)"}.get(name, "")
+    return ValueError(
+        f"{path}: a released '{name}' checkpoint in its official layout, which fairseq cannot build here; convert it "
+        f"once with `{CONVERT_COMMAND.format(name=name, path=path)}`{hint} and use the converted file "
+        f"(model.w2v_path, model.pretrained_path, model.init_from, run/extract_features.py, ...)")
+
+
+def plugin_checkpoint(model_cfg: dict, task_cfg: dict, model_state: Dict[str, torch.Tensor],
+                      criterion: str = "model") -> dict:
+    """A fairseq checkpoint of this plugin's layout from converted weights: what every tool loads
+    (``load_model``, ``model.w2v_path``, ``model.pretrained_path``, ``model.init_from``), at update 0 with no
+    optimiser state."""
+    return {
+        "args": None,
+        "cfg": {"model": model_cfg, "task": task_cfg},
+        "model": model_state,
+        "optimizer_history": [{"criterion_name": criterion, "optimizer_name": "converted",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+
+
+# ---- continued pretraining: model.init_from ---------------------------------------------------------------------
+
+logger = logging.getLogger(__name__)
+
+
+def load_init_weights(model: torch.nn.Module, path, fresh: Sequence[str] = ()) -> Dict[str, List[str]]:
+    """Initialises a freshly built pretraining model from a checkpoint of this plugin (``model.init_from``).
+
+    Contract:
+
+    - ``path`` is a checkpoint in this plugin's layout (a training checkpoint, or ``run/convert_checkpoint.py``'s
+      output); a release in its official layout is refused with the command that converts it.
+    - Every entry of ``model.state_dict()`` is taken from the checkpoint, with its shape checked, except entries
+      under the prefixes ``fresh`` (and the model's ``init_fresh_modules`` attribute), which the checkpoint may
+      lack and which then keep their fresh initialisation (EH-MAM's ``loss_predictor`` from a data2vec 2.0
+      checkpoint), and bookkeeping buffers named in the model's ``training_state_keys`` (the EMA teacher's update
+      count), which stay as built. Checkpoint entries the model lacks are ignored and reported.
+    - The EMA teacher kept under ``_ema`` (:class:`~maskssl_fairseq.modules.ema_teacher.EMATeacherMixin`) is
+      taken from the checkpoint's ``_ema``; a teacher entry that the checkpoint lacks is copied from the student
+      entry of the same name as just loaded or initialised (a fresh module; or a checkpoint without a
+      teacher, whose teacher then starts as its student). A teacher kept inside the state dict (M2D's target
+      encoder) is covered by the first rule.
+    - Only weights change: the optimiser, learning-rate schedule, update count and data order start afresh.
+
+    Returns ``{"loaded": [...], "fresh": [...], "ignored": [...], "teacher_from_student": [...]}`` (state-dict keys).
+    """
+    from omegaconf import OmegaConf
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.init_from: no checkpoint at {path}")
+    state = load_checkpoint_to_cpu(path)
+    source = dict(state["model"])
+    fresh = tuple(fresh) + tuple(getattr(model, "init_fresh_modules", ()))
+    keep = set(getattr(model, "training_state_keys", ()))
+    own = model.state_dict()
+    own_teacher = own.pop("_ema", None)
+    source_teacher = source.pop("_ema", None)
+
+    merged, report = {}, {"loaded": [], "fresh": [], "ignored": [], "teacher_from_student": []}
+    missing = []
+    for key, value in own.items():
+        if key in keep:
+            merged[key] = value
+        elif key in source:
+            if source[key].shape != value.shape:
+                raise ValueError(f"model.init_from ({path}): {key} has shape {tuple(source[key].shape)} there and "
+                                 f"{tuple(value.shape)} in this model: the architectures differ")
+            merged[key] = source[key]
+            report["loaded"].append(key)
+        elif key.startswith(fresh):
+            merged[key] = value
+            report["fresh"].append(key)
+        else:
+            missing.append(key)
+    if missing:
+        saved = OmegaConf.to_container(state["cfg"]["model"]) if state.get("cfg") else {}
+        raise ValueError(f"model.init_from ({path}): the checkpoint (model {saved.get('_name')}) lacks "
+                         f"{len(missing)} weights of this model, e.g. {missing[:3]}: the architectures differ")
+    report["ignored"] = sorted(set(source) - set(own))
+    if own_teacher is not None:
+        teacher = {}
+        for key, value in own_teacher.items():
+            if source_teacher is not None and key in source_teacher:
+                teacher[key] = source_teacher[key]
+            else:
+                teacher[key] = merged[key].float()
+                report["teacher_from_student"].append(key)
+        merged["_ema"] = teacher
+    model.load_state_dict(merged, strict=True)
+    logger.info(f"model.init_from: {len(report['loaded'])} weights from {path}; fresh: "
+                f"{sorted({k.split('.')[0] for k in report['fresh']}) or 'none'}; ignored: {report['ignored'] or 'none'}; "
+                f"teacher entries copied from the student: {len(report['teacher_from_student'])}")
+    return report
+
+
+_fairseq_trainer_load_checkpoint = Trainer.load_checkpoint
+
+
+def trainer_load_checkpoint(self, filename, *args, **kwargs):
+    """fairseq's ``Trainer.load_checkpoint``, then ``model.init_from`` applied when nothing was restored.
+
+    fairseq calls it at the start of training with ``checkpoint_last.pt`` (or ``checkpoint.restore_file`` /
+    ``finetune_from_model``); it returns no state exactly when no such file exists, so a resumed run never
+    re-initialises, and the weights are in place before the optimiser's fp32 copies are built.
+    """
+    extra_state = _fairseq_trainer_load_checkpoint(self, filename, *args, **kwargs)
+    model = self.get_model()
+    init_from = getattr(getattr(model, "cfg", None), "init_from", None)
+    if init_from:
+        if extra_state is None and self.get_num_updates() == 0:
+            load_init_weights(model, init_from)
+        else:
+            logger.info(f"model.init_from={init_from} not used: training resumes from {filename}")
+    return extra_state
+
+
+Trainer.load_checkpoint = trainer_load_checkpoint

@@ -67,10 +67,12 @@ def test_clones_get_their_own_exact_masks():
 
 
 def direct_targets(model: EATModel, spectrogram: torch.Tensor) -> torch.Tensor:
-    """The teacher's target written out: FFN outputs of every block on the *unmasked* clip, CLS dropped,
-    each standardised over the patches (biased variance, eps 1e-5), averaged, then standardised per patch."""
+    """The teacher's target written out: FFN outputs of every block on the *unmasked* clip (CLS and patches
+    layer-normalised first, EAT's context_encoder.norm), CLS dropped, each standardised over the patches
+    (biased variance, eps 1e-5), averaged, then standardised per patch."""
     encoder = model.ema.model.encoder
     x = torch.cat([encoder.cls_token.expand(spectrogram.shape[0], -1, -1), encoder.embed(spectrogram)], dim=1)
+    x = encoder.context_norm(x)
     layers = []
     for block in encoder.blocks:
         x, ffn = block(x, None)
@@ -157,7 +159,8 @@ def test_tiny_pretrains_through_fairseq_hydra_train(tiny_run):
     # and a resumed run takes the step for update 10 first
     assert "_ema" in model_state and int(model_state["teacher_updates"]) == 9
     assert not any(key.startswith("ema") for key in model_state)  # the teacher travels only under _ema
-    trainable = [key for key in model_state if key.startswith(("encoder.", "decoder."))]
+    # the student's weights; its fixed position table (a buffer) is stored too, not optimised
+    trainable = [key for key in model_state if key.startswith(("encoder.", "decoder.")) and key != "encoder.pos_embed"]
     optimized = sum(len(group["state"]) for group in state["last_optimizer_state"].values())
     assert optimized == len(trainable)  # the student's parameters, not the teacher's
     # the teacher moved away from the student it was copied from

@@ -16,7 +16,9 @@ no teacher file is needed. It is not a submodule, so it is never in a checkpoint
 buckets or switched to training mode by fairseq; it follows the student's device and dtype.
 """
 
+import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -321,3 +323,93 @@ class ArmHubertModel(BaseFairseqModel):
             for key in [k for k in state_dict if k.startswith(f"{prefix}heads.")]:
                 del state_dict[key]
         return state_dict
+
+
+# ---- the released Lightning checkpoints (HF sungnyun/ARMHuBERT) <-> this model ----------------------------------
+#
+# The student's parameter names are the same on both sides except the heads: ``proj_head.<i>.lin_proj`` there,
+# ``heads.<i>`` here; the Lightning state dict prefixes the student with ``student_model.``. The released
+# ``reuse_pattern`` (True = the layer computes a map) is the negation of ``reuse_attention``.
+
+RELEASED_STUDENT_PREFIX = "student_model."
+# released layouts this model does not implement
+RELEASED_UNSUPPORTED = {"layerwise_proj": True, "enable_tr_layer": False, "layer_norm_first": False,
+                        "pos_conv_depth": 1, "layer_type": "transformer"}
+RELEASED_COPIED = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
+                   "activation_fn", "conv_feature_layers", "extractor_mode", "conv_bias", "conv_pos",
+                   "conv_pos_groups", "dropout", "attention_dropout", "activation_dropout", "dropout_input",
+                   "feature_grad_mult", "layer_grad_scale")
+
+
+def released_model_config(distiller: Dict, teacher: Dict) -> Dict:
+    """``model`` section for ``armhubert`` from the released yaml's ``distiller`` and ``teacher`` sections."""
+    for key, wanted in RELEASED_UNSUPPORTED.items():
+        if key in distiller and distiller[key] != wanted:
+            raise ValueError(f"distiller.{key}={distiller[key]!r}: only {wanted!r} is supported")
+    pattern = distiller.get("reuse_pattern")  # absent in the MaskHuBERT config: every layer computes its map
+    if not pattern:
+        computes = [True] * distiller["encoder_layers"]
+    else:
+        computes = pattern if isinstance(pattern, list) else parse_config_list(pattern, "reuse_pattern (released yaml)")
+    cfg = {key: distiller[key] for key in RELEASED_COPIED if key in distiller}
+    cfg.update(
+        _name="armhubert",
+        teacher_path=None,
+        teacher_embed_dim=distiller.get("pred_head_final_dim", 768),
+        reuse_attention=str([not c for c in computes]),
+        official_compat=True,
+        mask_prob=teacher.get("mask_prob", 0.8),
+        mask_length=teacher.get("mask_length", 10),
+    )
+    return cfg
+
+
+def from_official(state: Dict, config: Optional[Dict] = None, path=None, **unused) -> Dict:
+    """A released ARMHuBERT / ARMwavLM / MaskHuBERT Lightning checkpoint -> ours (``official_compat=true``).
+
+    ``config`` is the parsed training yaml released with it (its ``distiller`` and ``teacher`` sections): the
+    architecture is only there. The teacher's tensors are dropped.
+    """
+    from ..checkpoints import plugin_checkpoint
+
+    if config is None or "distiller" not in config:
+        raise ValueError(f"{path or 'armhubert'}: the architecture is in the released training yaml; pass it with "
+                         "--config (conf/armhubert/armhubert-960.yaml, ...)")
+    lightning = state.get("state_dict", state)
+    student = {}
+    for key, value in lightning.items():
+        if key.startswith(RELEASED_STUDENT_PREFIX):
+            key = re.sub(r"^proj_head\.(\d+)\.lin_proj\.", r"heads.\1.", key[len(RELEASED_STUDENT_PREFIX):])
+            student[key] = value
+    if not student:
+        raise ValueError(f"{path or 'armhubert'}: no '{RELEASED_STUDENT_PREFIX}*' tensors in the checkpoint's state_dict")
+    model_cfg = released_model_config(config["distiller"], config.get("teacher") or {})
+    task_cfg = {"_name": "audio_pretraining", "data": "", "normalize": False, "sample_rate": 16000}
+    return plugin_checkpoint(model_cfg, task_cfg, student, criterion="armhubert_distillation")
+
+
+def to_official(state: Dict, path=None, **unused) -> Tuple[Dict, Dict[str, str]]:
+    """Ours -> the released Lightning layout (``state_dict`` with ``student_model.`` and ``proj_head.<i>.lin_proj``),
+    which the released s3prl expert loads strictly, and its training yaml (``distiller``: the architecture the
+    expert reads), written beside it with the suffix ``.yaml``."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = state["cfg"]["model"]
+    cfg = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    if cfg.get("_name") != "armhubert":
+        raise ValueError(f"{path}: model '{cfg.get('_name')}', expected armhubert")
+    defaults = {f.name: f.default for f in dataclasses.fields(ArmHubertConfig)}
+    value = lambda key: cfg.get(key, defaults[key])  # noqa: E731
+    reuse = parse_config_list(value("reuse_attention"), "reuse_attention")
+    distiller = {key: value(key) for key in RELEASED_COPIED}
+    distiller.update(RELEASED_UNSUPPORTED)
+    distiller.update(reuse_pattern=str([not r for r in reuse]), pred_head_final_dim=value("teacher_embed_dim"),
+                     init_conv_layers=False, init_encoder_layers=0)
+    teacher = {"mask_prob": value("mask_prob"), "mask_length": value("mask_length")}
+    student = {}
+    for key, tensor in state["model"].items():
+        key = re.sub(r"^heads\.(\d+)\.", r"proj_head.\1.lin_proj.", key)
+        student[RELEASED_STUDENT_PREFIX + key] = tensor
+    lightning = {"state_dict": student, "epoch": 0, "global_step": 0}
+    return lightning, {".yaml": yaml.safe_dump({"distiller": distiller, "teacher": teacher}, sort_keys=False)}

@@ -45,6 +45,8 @@ class SpectrogramClassifierConfig(FairseqDataclass):
     labels: Optional[List[str]] = field(default=None, metadata={"help": "set when built: the task's label names"})
     random_init: bool = field(default=False, metadata={"help": "keep the architecture, not the weights (baselines)"})
     pooling: POOLING_CHOICES = field(default="auto", metadata={"help": "cls, mean (patch tokens) or auto: cls for EAT"})
+    fc_norm: bool = field(default=False, metadata={"help": "a LayerNorm on the pooled feature before the head (EAT's "
+                                                          "fine-tuning: use_fc_norm, on in its released classifiers)"})
     mixup: float = field(default=0.0, metadata={"help": "share of training rows mixed with another row (AS-20K: 0.8)"})
     mixup_alpha: float = field(default=10.0, metadata={"help": "mixing weights ~ Beta(alpha, alpha) (AST: 10)"})
     freq_mask: int = field(default=0, metadata={"help": "SpecAugment frequency mask, max bins (AS-20K: 25)"})
@@ -94,6 +96,7 @@ class SpectrogramClassifierModel(BaseFairseqModel):
         self.input_frames = pretrained.cfg.input_frames
         name = cfg.pretrained_args["_name"]
         self.pooling = ("cls" if name == "eat" else "mean") if cfg.pooling == "auto" else cfg.pooling
+        self.fc_norm = nn.LayerNorm(pretrained.cfg.encoder_embed_dim, eps=1e-6) if cfg.fc_norm else None
         self.head = nn.Linear(pretrained.cfg.encoder_embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -183,4 +186,6 @@ class SpectrogramClassifierModel(BaseFairseqModel):
             tokens = tokens[keep].view(batch, -1, dim)
         encoded = self.encoder(tokens)
         pooled = encoded[:, 0] if self.pooling == "cls" else encoded[:, 1:].mean(dim=1)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
         return {"logits": self.head(pooled), "target": target}

@@ -9,7 +9,7 @@ rising linearly from ``ema_decay`` to ``ema_end_decay`` over training.
 """
 
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from fairseq.models import register_model
 from omegaconf import II
 
 from ..distributed import check_identical_across_ranks, rank_check_due
+from ..modules import released_checkpoints as released
 from ..modules.masked_spectrogram import MaskedSpectrogramConfig, MaskedSpectrogramModel
 from ..modules.spectrogram_vit import LayerNorm, MaskedTokenPredictor, init_weights, split_by_mask, transformer
 
@@ -34,6 +35,9 @@ class M2DConfig(MaskedSpectrogramConfig):
 
 @register_model("m2d", dataclass=M2DConfig)
 class M2DModel(MaskedSpectrogramModel):
+    # state that counts training progress, not weights: model.init_from leaves it as built
+    training_state_keys = ("target_updates",)
+
     def __init__(self, cfg: M2DConfig):
         super().__init__(cfg)
         if cfg.ema_anneal_end_step <= 0:
@@ -96,3 +100,45 @@ class M2DModel(MaskedSpectrogramModel):
             "hint_ratio": self.logged_hint_ratio,
             "ema_decay": self.ema_decay_at(self.num_updates),
         }, encoded
+
+
+# the official layout (nttcslab/m2d ``M2DViT``): MAE's encoder and decoder keys plus the target encoder
+TARGET_PREFIXES = ("target_blocks.", "target_norm.")
+PREDICTOR_FIELDS = ("predictor_embed_dim", "predictor_layers", "predictor_attention_heads")  # from its weights
+
+
+def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None,
+                  config: Optional[dict] = None, **overrides) -> dict:
+    """An M2D release (``torch.load`` of ``checkpoint-N.pth``, full or encoder-only) -> our ``m2d`` checkpoint.
+
+    The input size comes from the folder name (``name``, by default the folder of ``path``; M2D's convention
+    ``m2d_vit_base-80x608p16x16-...``) or from ``overrides`` (any ``M2DConfig`` field, e.g. ``input_frames=608,
+    patch_size=16, encoder_attention_heads=12``); widths and depths from the weights; heads at 64 channels
+    each (predictor: 32). What an encoder-only file lacks (predictor, target encoder) starts freshly
+    initialised."""
+    source = released.source_name(path)
+    state = released.m2d_state(state)
+    arch = released.m2d_architecture(state, name or released.folder_name(path), overrides)
+    arch = dict(released.decoder_fields(state, PREDICTOR_FIELDS, channels_per_head=32), **arch)
+    grid = (arch["n_mels"] // arch["patch_size"], arch["input_frames"] // arch["patch_size"])
+    converted = released.vit_from_official(state, grid)
+    converted.update(released.decoder_from_official(state, "predictor."))
+    converted.update({key: value for key, value in state.items() if key.startswith(TARGET_PREFIXES)})
+    released.unused_keys(state, released.VIT_PREFIXES + released.DECODER_PREFIXES + TARGET_PREFIXES, source)
+    return released.m2d_family_checkpoint("m2d", arch, converted, source)
+
+
+def to_official(checkpoint: dict, **unused) -> dict:
+    """Our ``m2d`` checkpoint -> ``{'model': state}`` in M2D's layout (``norm_stats`` inside). Save it as
+    ``<folder>/checkpoint-N.pth`` with the folder named after the input size (:func:`official_folder_name`),
+    which M2D's runtimes read."""
+    ours = released.with_stored_positions(checkpoint)
+    state = released.vit_to_official(ours)
+    state.update(released.decoder_to_official(ours, "predictor."))
+    state.update({key: value for key, value in ours.items() if key.startswith(TARGET_PREFIXES)})
+    return {"model": state}
+
+
+def official_folder_name(checkpoint: dict, model: str = "m2d_vit_base", suffix: str = "maskssl") -> str:
+    """The folder name M2D's runtimes parse the input size from, e.g. ``m2d_vit_base-80x608p16x16-maskssl``."""
+    return released.official_folder_name(checkpoint["cfg"]["model"], model, suffix)

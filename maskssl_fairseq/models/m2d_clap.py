@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 
+from ..modules import released_checkpoints as released
 from ..modules.clap import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, MeanMLPProjector, SemanticTokenProjector, clip_loss
 from ..modules.spectrogram_vit import init_weights
 from .m2d import M2DConfig, M2DModel
@@ -93,3 +94,67 @@ class M2DClapModel(M2DModel):
         crops = F.pad(source, (0, -source.shape[-1] % crop)).reshape(-1, crop)  # [B * crops, crop]
         tokens = self.encoder(self.encoder.embed(self.training_spectrogram(crops)))[:, 1:]
         return self.audio_proj(tokens.reshape(batch, -1, tokens.shape[-1]))
+
+
+# the official projector names (M2D_CLAP_ViT's nn.Sequential; the 2025 AudioToSemantic) -> ours
+_AUDIO_PROJ_KEYS = {"audio_proj.0.": "audio_proj.mlp.0.", "audio_proj.2.": "audio_proj.mlp.2.",
+                    "audio_proj.sem_token": "audio_proj.token", "audio_proj.sem_blocks.": "audio_proj.blocks.",
+                    "audio_proj.norm.": "audio_proj.norm."}
+_CLAP_PREFIXES = ("audio_proj.", "text_proj.", "logit_scale")
+
+
+def _rename(state: dict, names: dict) -> dict:
+    renamed = {}
+    for key, value in state.items():
+        for old, new in names.items():
+            if key.startswith(old):
+                renamed[new + key[len(old):]] = value
+    return renamed
+
+
+def from_official(state: dict, path: Optional[str] = None, name: Optional[str] = None,
+                  config: Optional[dict] = None, **overrides) -> dict:
+    """An M2D-CLAP release (2024 ``checkpoint-N.pth``; 2025 saved ``RuntimeM2D`` with ``backbone.*``) -> our
+    ``m2d_clap`` checkpoint: the M2D part as ``m2d.from_official`` converts it, the audio projector (2024 MLP
+    ``audio_proj.{0,2}`` or 2025 semantic token ``audio_proj.sem_*``), ``text_proj`` and ``logit_scale``. A
+    trained text encoder (2025 ``text_encoder.*``) has no place here: captions are embedded offline."""
+    from .m2d import PREDICTOR_FIELDS, TARGET_PREFIXES
+
+    source = released.source_name(path)
+    state = released.m2d_state(state)
+    if "text_proj.2.weight" in state:
+        raise ValueError(f"{source}: an MLP text projection (text_proj.0/2) is not supported, only a Linear or none")
+    arch = released.m2d_architecture(state, name or released.folder_name(path), overrides)
+    arch = dict(released.decoder_fields(state, PREDICTOR_FIELDS, channels_per_head=32), **arch)
+    if "audio_proj.sem_token" in state:
+        depth = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("audio_proj.sem_blocks."))
+        arch.setdefault("audio_projector", "semantic")
+        arch.setdefault("audio_projector_depth", depth)
+    elif "audio_proj.0.weight" not in state:
+        raise ValueError(f"{source}: no audio projector (audio_proj.*): not an M2D-CLAP checkpoint; use --from m2d")
+    if "text_proj.weight" in state:
+        arch.setdefault("caption_embed_dim", state["text_proj.weight"].shape[1])
+    else:
+        arch.setdefault("caption_embed_dim", arch["encoder_embed_dim"])
+    grid = (arch["n_mels"] // arch["patch_size"], arch["input_frames"] // arch["patch_size"])
+    converted = released.vit_from_official(state, grid)
+    converted.update(released.decoder_from_official(state, "predictor."))
+    converted.update({key: value for key, value in state.items() if key.startswith(TARGET_PREFIXES + ("text_proj.",))})
+    converted.update(_rename(state, _AUDIO_PROJ_KEYS))
+    if "logit_scale" in state:
+        converted["logit_scale"] = state["logit_scale"].reshape(())
+    released.unused_keys(state, released.VIT_PREFIXES + released.DECODER_PREFIXES + TARGET_PREFIXES + _CLAP_PREFIXES,
+                         source)
+    return released.m2d_family_checkpoint("m2d_clap", arch, converted, source)
+
+
+def to_official(checkpoint: dict, **unused) -> dict:
+    """Our ``m2d_clap`` checkpoint -> ``{'model': state}`` in M2D-CLAP's layout (``norm_stats`` inside);
+    M2D's runtimes read the input size from the folder name (``m2d.official_folder_name``)."""
+    from .m2d import to_official as m2d_to_official
+
+    ours = checkpoint["model"]
+    state = m2d_to_official(checkpoint)["model"]
+    state.update(_rename(ours, {new: old for old, new in _AUDIO_PROJ_KEYS.items()}))
+    state.update({key: value for key, value in ours.items() if key.startswith(("text_proj.", "logit_scale"))})
+    return {"model": state}

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from .spectrogram_vit import LayerNorm, init_weights
+from .spectrogram_vit import init_weights
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -33,13 +33,14 @@ class MeanMLPProjector(nn.Module):
 class SemanticTokenProjector(nn.Module):
     """M2D-CLAP 2025 (``AudioToSemantic``): a zero-initialised token, without position, put in front of the
     patch tokens, ``depth`` single-head ViT blocks of MLP ratio 1, a LayerNorm; the token's output is the
-    embedding. ``[B, n, D]`` -> ``[B, D]``."""
+    embedding. ``[B, n, D]`` -> ``[B, D]``. Its LayerNorms keep torch's default epsilon (1e-5), as the
+    official ``AudioToSemantic`` does (the encoder's are 1e-6)."""
 
     def __init__(self, dim: int, depth: int = 1):
         super().__init__()
         self.token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.Sequential(*[Block(dim, 1, 1.0, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)])
-        self.norm = LayerNorm(dim)
+        self.blocks = nn.Sequential(*[Block(dim, 1, 1.0, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
         self.blocks.apply(init_weights)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,14 @@ class Data2Vec2AudioConfig(FairseqDataclass):
         default=5000, metadata={"help": "updates after which min_target_var and min_pred_var are checked (data2vec 2.0: 5000)"}
     )
 
+    # continued pretraining
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "a checkpoint of this plugin (e.g. a data2vec 2.0 release converted with "
+                          "run/convert_checkpoint.py) whose student and EMA teacher start this run; modules it lacks "
+                          "(EH-MAM's loss predictor) start fresh; ignored when the run resumes from a checkpoint"},
+    )
+
 
 def alibi_slopes(heads: int) -> torch.Tensor:
     """ALiBi's geometric slopes ``[heads]`` (Press et al.), interleaved when ``heads`` is not a power of 2."""

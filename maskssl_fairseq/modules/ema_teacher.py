@@ -35,6 +35,9 @@ class EMATeacherMixin:
     then the teacher's copy of ``self.<name>``.
     """
 
+    # state that counts training progress, not weights: model.init_from leaves it as built
+    training_state_keys = ("teacher_updates",)
+
     def build_teacher(self, names: Iterable[str]) -> None:
         self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
         teacher = TeacherModel({name: copy.deepcopy(getattr(self, name)) for name in names})

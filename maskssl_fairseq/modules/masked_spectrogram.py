@@ -56,10 +56,21 @@ class MaskedSpectrogramConfig(FairseqDataclass):
         default=None, metadata={"help": "fixed hint ratio instead of the schedule (DWM paper ablations: 0.0, 0.5)"}
     )
     max_update: int = II("optimization.max_update")
+    # continued pretraining
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "a checkpoint of this plugin (e.g. an M2D or EAT release converted with "
+                          "run/convert_checkpoint.py) whose weights, normalisation statistics and EMA teacher / "
+                          "target encoder start this run; the architecture must match; ignored when the run "
+                          "resumes from a checkpoint"},
+    )
 
 
 class MaskedSpectrogramModel(BaseFairseqModel):
     """Front end, encoder and masking; ``forward(source)`` is the subclass's training objective."""
+
+    # the channel order of the encoder's position table: M2D / MAE put time first, EAT frequency
+    time_first_positions = True
 
     def __init__(self, cfg: MaskedSpectrogramConfig):
         super().__init__()
@@ -80,7 +91,8 @@ class MaskedSpectrogramModel(BaseFairseqModel):
             self.frontend = LogMelSpectrogram(cfg.sample_rate, cfg.n_fft, cfg.win_length, cfg.hop_length, cfg.n_mels,
                                               cfg.f_min, cfg.f_max)
         self.encoder = SpectrogramViT((cfg.n_mels, cfg.input_frames), cfg.patch_size, cfg.encoder_embed_dim,
-                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio, cfg.post_ln)
+                                      cfg.encoder_layers, cfg.encoder_attention_heads, cfg.mlp_ratio, cfg.post_ln,
+                                      self.time_first_positions)
         self.num_updates = 0
         self.hint_ratio = self._hint_ratio(0)
 

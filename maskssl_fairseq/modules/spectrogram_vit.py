@@ -18,9 +18,12 @@ from .data2vec2_audio import Data2Vec2AudioConfig, TransformerBlock
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
-def sincos_positions(dim: int, grid: Tuple[int, int]) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embeddings ``[H * W, dim]``: half the channels encode the row
-    (frequency), half the column (time), each as MAE's 1-D sin/cos of frequencies ``1 / 10000^(k / (dim/4))``."""
+def sincos_positions(dim: int, grid: Tuple[int, int], time_first: bool) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings ``[H * W, dim]`` of an ``(H, W) = (frequency, time)`` grid:
+    half the channels encode the time (column) index and half the frequency (row) index, each as MAE's 1-D
+    sin/cos of frequencies ``1 / 10000^(k / (dim/4))``. ``time_first``: MAE's and M2D's order (their images
+    are frequency x time and MAE encodes the column first); EAT's images are time x frequency, so the same
+    MAE code puts frequency first there."""
     if dim % 4:
         raise ValueError(f"the embedding width must be a multiple of 4 for 2-D sin-cos positions, got {dim}")
     height, width = grid
@@ -32,7 +35,16 @@ def sincos_positions(dim: int, grid: Tuple[int, int]) -> torch.Tensor:
         angles = position.reshape(-1, 1) * frequencies
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+    halves = [encode(cols), encode(rows)] if time_first else [encode(rows), encode(cols)]
+    return torch.cat(halves, dim=1).float()
+
+
+def fill_legacy_positions(module: nn.Module, state_dict: dict, prefix: str, table: torch.Tensor) -> None:
+    """A checkpoint saved before the position table was stored (before 2026-12-06) lacks ``pos_embed``: it
+    was trained with the table built then, frequency in the first half of the channels; put that one in."""
+    key = prefix + "pos_embed"
+    if key not in state_dict:
+        state_dict[key] = table.to(module.pos_embed.device)
 
 
 def patchify(spectrogram: torch.Tensor, patch: int) -> torch.Tensor:
@@ -85,12 +97,16 @@ class SpectrogramViT(nn.Module):
             8 x 64).
         patch: patch side (16).
         dim, depth, heads, mlp_ratio: ViT-B is 768, 12, 12, 4.
-        post_ln: data2vec 2.0's post-LN blocks and no final norm (EAT) instead of pre-LN blocks and a final
-            LayerNorm (MAE, M2D); only post-LN blocks give ``forward_layers`` their FFN outputs.
+        post_ln: data2vec 2.0's post-LN blocks (EAT), whose input [CLS + patches] is layer-normalised first
+            (data2vec 2.0's ``context_encoder.norm``) and whose output is not, instead of pre-LN blocks and a
+            final LayerNorm (MAE, M2D); only post-LN blocks give ``forward_layers`` their FFN outputs.
+        time_first_positions: the channel order of the position table (:func:`sincos_positions`): True for
+            M2D / MSM-MAE, False for EAT. The table is stored in checkpoints (``pos_embed``), as the official
+            models store theirs.
     """
 
     def __init__(self, input_size: Tuple[int, int], patch: int, dim: int, depth: int, heads: int, mlp_ratio: float,
-                 post_ln: bool = False):
+                 post_ln: bool = False, time_first_positions: bool = True):
         super().__init__()
         freq, time = input_size
         if freq % patch or time < patch:
@@ -98,10 +114,11 @@ class SpectrogramViT(nn.Module):
         self.patch = patch
         self.grid = (freq // patch, time // patch)
         self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
-        self.register_buffer("pos_embed", sincos_positions(dim, self.grid), persistent=False)
+        self.register_buffer("pos_embed", sincos_positions(dim, self.grid, time_first_positions))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.post_ln = post_ln
         self.blocks = post_ln_transformer(dim, depth, heads, mlp_ratio) if post_ln else transformer(dim, depth, heads, mlp_ratio)
+        self.context_norm = LayerNorm(dim) if post_ln else None
         self.norm = nn.Identity() if post_ln else LayerNorm(dim)
         self.apply(init_weights)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
@@ -110,6 +127,14 @@ class SpectrogramViT(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        fill_legacy_positions(self, state_dict, prefix, sincos_positions(self.pos_embed.shape[-1], self.grid, False))
+        if self.context_norm is not None and prefix + "context_norm.weight" not in state_dict:
+            raise KeyError(f"'{prefix}context_norm.weight' is missing: an EAT checkpoint from before 2026-12-06, when "
+                           "the LayerNorm that EAT applies to [CLS + visible patches] before its blocks was added; "
+                           "it cannot be loaded into the corrected model")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, spectrogram: torch.Tensor) -> torch.Tensor:
         """``[B, 1, F, T']`` with ``T' <= T`` -> position-embedded patch tokens ``[B, F/p * T'/p, D]``."""
@@ -134,7 +159,7 @@ class SpectrogramViT(nn.Module):
         """Post-LN encoders: ``[B, n, D]`` -> (output ``[B, 1 + n, D]``, every block's FFN output ``[B, 1 + n, D]``)."""
         if not self.post_ln:
             raise ValueError("only a post-LN encoder (post_ln=True) returns its blocks' FFN outputs")
-        x, ffn_outputs = self.with_cls(tokens), []
+        x, ffn_outputs = self.context_norm(self.with_cls(tokens)), []
         for block in self.blocks:
             x, ffn = block(x, None)
             ffn_outputs.append(ffn)
@@ -151,15 +176,24 @@ class MaskedTokenPredictor(nn.Module):
     def __init__(self, in_dim: int, dim: int, depth: int, heads: int, mlp_ratio: float, out_dim: int,
                  grid: Tuple[int, int]):
         super().__init__()
+        self.grid = grid
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        positions = torch.cat([torch.zeros(1, dim), sincos_positions(dim, grid)])  # CLS position is zero
-        self.register_buffer("pos_embed", positions, persistent=False)
+        self.register_buffer("pos_embed", self.positions(dim, grid, time_first=True))  # stored, as M2D / MAE store it
         self.blocks = transformer(dim, depth, heads, mlp_ratio)
         self.norm = LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
         self.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
+
+    @staticmethod
+    def positions(dim: int, grid: Tuple[int, int], time_first: bool) -> torch.Tensor:
+        """``[1 + N, dim]``: a zero row for CLS, then the patches' table."""
+        return torch.cat([torch.zeros(1, dim), sincos_positions(dim, grid, time_first)])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        fill_legacy_positions(self, state_dict, prefix, self.positions(self.pos_embed.shape[-1], self.grid, False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, encoded: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         x = self.embed(encoded)
