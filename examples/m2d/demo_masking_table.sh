@@ -12,7 +12,7 @@
 # No environmental-sound task: no package of real sound events with consistent labels installs here.
 # ABLATION=1 adds the paper's hint-ratio ablation (Table III) for MSM-MAE's DWM: hint constant 0 and 0.5, gamma 1 and 4.
 # PARALLEL=1 runs two pretrainings (and their evaluations) at a time, one thread each. Sizes can be shrunk for a
-# smoke run: PRETRAIN_MINUTES, LABELED_MINUTES ("60 15 15": train_1h, dev, test), MUSIC_MINUTES, UPDATES, SEEDS, FRAMEWORKS, MASKS, INSTRUMENT_CLIPS, PITCH_CLIPS,
+# smoke run: TASKS, PRETRAIN_MINUTES, LABELED_MINUTES ("60 15 15": train_1h, dev, test), MUSIC_MINUTES, UPDATES, SEEDS, FRAMEWORKS, MASKS, INSTRUMENT_CLIPS, PITCH_CLIPS,
 # CLIPS_PER_WORD.
 # Everything goes to outputs/masking_table/ (OUT, relative to the repository, to change); running it again skips
 # what is finished and resumes an interrupted pretraining from its last checkpoint; --force deletes OUT and starts
@@ -29,6 +29,7 @@ UPDATES=${UPDATES:-4000}
 SEEDS=${SEEDS:-1 2}
 FRAMEWORKS=${FRAMEWORKS:-msm_mae m2d}
 MASKS=${MASKS:-random ibm dwm}
+TASKS=${TASKS:-keywords speakers instrument pitch}
 INSTRUMENT_CLIPS=${INSTRUMENT_CLIPS:-80 20 30}
 PITCH_CLIPS=${PITCH_CLIPS:-24 6 8}
 CLIPS_PER_WORD=${CLIPS_PER_WORD:-24 9 12}
@@ -67,28 +68,30 @@ stage "general-audio pretraining data: speech + $MUSIC_MINUTES min of music -> $
 cell() {
     local framework=$1 mask=$2 seed=$3 run="$OUT/pretrain/${1}_${2}_$3"
     shift 3
-    train_stage "$run" --config-dir examples/m2d --config-name "demo_$framework" \
+    train_stage "$run" --config-dir "$(dirname "${CONFIGS[$framework]}")" --config-name "$(basename "${CONFIGS[$framework]}")" \
         common.user_dir="$PWD/maskssl_fairseq" task.data="$PWD/$OUT/mix" common.seed="$seed" \
         model.masking="${mask%%-*}" optimization.max_update="$UPDATES" "$@"
-    for task in keywords speakers instrument pitch; do
+    for task in $TASKS; do
         local result="$OUT/linear/${framework}_${mask}_$seed.$task.json"
         if [ ! -f "$result" ]; then
             $PY run/linear_eval.py --checkpoint "$run/checkpoints/checkpoint_last.pt" --train "$OUT/$task/train.tsv" \
-                --valid "$OUT/$task/valid.tsv" --test "$OUT/$task/test.tsv" --lr 1e-3 | head -1 > "$result.part"
+                --valid "$OUT/$task/valid.tsv" --test "$OUT/$task/test.tsv" --lr 1e-3 > "$result.part"
             mv "$result.part" "$result"
         fi
     done
 }
 
+# the CPU-scale config of each framework (FRAMEWORKS="msm_mae m2d eat" adds EAT, whose own mask is IBM)
+declare -A CONFIGS=([msm_mae]=examples/m2d/demo_msm_mae [m2d]=examples/m2d/demo_m2d [eat]=examples/eat/demo)
 # the masks' own settings, as in the paper-scale yamls (m2d_ibm.yaml, m2d_dwm.yaml)
 declare -A MASK_SETTINGS=(
     [random]=""
-    [ibm]="model.ibm_block=5 model.ibm_adjust=0.07"
-    [dwm]="model.hint_gamma=2.0"
+    [ibm]="++model.ibm_block=5 ++model.ibm_adjust=0.07"
+    [dwm]="++model.hint_gamma=2.0"
     [dwm-hint0]="++model.hint_constant=0.0"
     [dwm-hint0.5]="++model.hint_constant=0.5"
-    [dwm-gamma1]="model.hint_gamma=1.0"
-    [dwm-gamma4]="model.hint_gamma=4.0"
+    [dwm-gamma1]="++model.hint_gamma=1.0"
+    [dwm-gamma4]="++model.hint_gamma=4.0"
 )
 cells=()
 for framework in $FRAMEWORKS; do
