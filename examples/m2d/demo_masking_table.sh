@@ -70,7 +70,7 @@ cell() {
     shift 3
     train_stage "$run" --config-dir "$(dirname "${CONFIGS[$framework]}")" --config-name "$(basename "${CONFIGS[$framework]}")" \
         common.user_dir="$PWD/maskssl_fairseq" task.data="$PWD/$OUT/mix" common.seed="$seed" \
-        model.masking="${mask%%-*}" optimization.max_update="$UPDATES" "$@"
+        ++model.masking="${mask%%-*}" optimization.max_update="$UPDATES" "$@"
     for task in $TASKS; do
         local result="$OUT/linear/${framework}_${mask}_$seed.$task.json"
         if [ ! -f "$result" ]; then
