@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# One-time set-up: espeak-ng (for the demo corpus), the virtual environment .venv and the package.
+# One-time set-up: espeak-ng and fluidsynth (for the demo data), the virtual environment .venv and the package.
 # Running it again is fast and changes nothing while setup.py and constraints.txt are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v espeak-ng >/dev/null 2>&1; then
+# espeak-ng speaks the demo corpus; fluidsynth renders the GM soundfont's instruments for the music tasks
+# (examples/m2d/demo_music.py)
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || missing+=(fluid-soundfont-gm)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "[setup] installing espeak-ng with apt-get"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+        echo "[setup] installing ${missing[*]} with apt-get"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "[setup] espeak-ng is missing: install it (Debian/Ubuntu: sudo apt-get install espeak-ng)." >&2
-        echo "[setup] it is only needed to synthesise the demo corpus." >&2
+        echo "[setup] missing: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})." >&2
+        echo "[setup] they are only needed to synthesise the demo corpus and the music tasks." >&2
     fi
 fi
 
