@@ -4,7 +4,11 @@ A fine-tuned checkpoint holds the task's fairseq ``Dictionary``; allow-listing t
 loader (no arbitrary pickles) while letting fairseq resume training, validate and decode. Importing the
 plugin (``common.user_dir``) is enough. Importing it also makes fairseq's checkpoint copies atomic
 (:func:`atomic_copy`) and has an unreadable checkpoint (``model.w2v_path``, ``checkpoint.restore_file``, ...)
-named in the error (:func:`load_checkpoint_to_cpu`).
+named in the error (:func:`load_checkpoint_to_cpu`), as well as a release in its official layout, with the
+``run/convert_checkpoint.py`` command that converts it (:func:`released_format`).
+
+Continued pretraining: a model whose config has ``init_from`` starts from that checkpoint's weights when
+training does not resume (:func:`trainer_load_checkpoint`, :func:`load_init_weights`).
 """
 
 import logging

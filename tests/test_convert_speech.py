@@ -185,14 +185,14 @@ def test_init_from_starts_eh_mam_from_a_data2vec2_release_and_resume_wins(demo_c
     other = dict(start, model={k: (v + 1 if k != "_ema" and v.is_floating_point() else v)
                                for k, v in start["model"].items()})
     torch.save(other, tmp_path / "other.pt")
-    architecture = [  # the recorded tiny data2vec 2.0, with EH-MAM on
-        "model.embed_dim=16", "model.num_heads=2", "model.depth=2", "model.prenet_depth=1", "model.mlp_ratio=2",
-        "model.feature_encoder_spec='[(16, 10, 5)] + [(16, 3, 2)] * 2'", "model.conv_pos_depth=2",
-        "model.conv_pos_width=10", "model.conv_pos_groups=4", "model.decoder_dim=8", "model.decoder_groups=4",
-        "model.decoder_kernel=3", "model.decoder_layers=2", "model.clone_batch=1", "task.max_sample_size=6000",
-        # no weight moves: lr 0 and an EMA decay of 1 keep exactly what was loaded
-        "optimization.lr=[0.0]", "model.ema_decay=1.0", "model.ema_end_decay=1.0",
-    ]
+    architecture = [f"++model.{setting}" for setting in (  # the recorded tiny data2vec 2.0, with EH-MAM on
+        "embed_dim=16", "num_heads=2", "depth=2", "prenet_depth=1", "mlp_ratio=2",
+        "feature_encoder_spec='[(16, 10, 5)] + [(16, 3, 2)] * 2'", "conv_pos_depth=2", "conv_pos_width=10",
+        "conv_pos_groups=4", "decoder_dim=8", "decoder_groups=4", "decoder_kernel=3", "decoder_layers=2",
+        "clone_batch=1",
+        # no weight moves: an EMA decay of 1 (and lr 0 below) keeps exactly what was loaded
+        "ema_decay=1.0", "ema_end_decay=1.0")] + ["task.max_sample_size=6000", "dataset.max_tokens=24000",
+                                                    "optimization.lr=[0.0]"]
     run = tmp_path / "run"
     log = fairseq_hydra_train(REPO / "examples" / "eh_mam", "tiny", f"task.data={demo_corpus}", *architecture,
                               f"++model.init_from={tmp_path / 'd2v2.pt'}", "optimization.max_update=1", run_dir=run)
