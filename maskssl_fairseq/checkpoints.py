@@ -79,6 +79,12 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
         state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "Weights only load failed" in reason:
+            # objects beyond tensors (a Lightning checkpoint's hyper-parameters, fairseq meters of other versions)
+            name = released_format(load_release(path))
+            if name is None:
+                raise
+            raise unconverted_release_error(path, name) from error
         if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason:
             raise
         raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
@@ -102,11 +108,13 @@ checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 CONVERT_COMMAND = "python run/convert_checkpoint.py --from {name} {path} <converted.pt>"
 
 
-class _UnknownGlobal:
+class _UnknownGlobal(dict):
     """Stands in for a class that a released pickle names but this environment lacks (PyTorch Lightning's
-    ``AttributeDict``, argparse-like configs of other code bases): its state is kept, never executed."""
+    ``AttributeDict``, argparse-like configs of other code bases): its state is kept, never executed. A dict, so
+    that pickled dict subclasses fill it too."""
 
     def __init__(self, *args, **kwargs):
+        super().__init__()
         self.args, self.kwargs = args, kwargs
 
     def __setstate__(self, state):
@@ -149,8 +157,9 @@ def _cfg_section(state: dict, name: str) -> dict:
 
 
 def released_format(state: dict) -> Optional[str]:
-    """The ``run/convert_checkpoint.py --from`` name of a release layout that this plugin does not load as it is,
-    or None for anything else (our own checkpoints, fairseq's wav2vec 2.0 / HuBERT)."""
+    """The ``run/convert_checkpoint.py --from`` name of a release layout that this plugin does not load as it is
+    (``data2vec2_ctc`` for fairseq's CTC fine-tunes of data2vec 2.0, which are not converted), or None for anything
+    else (our own checkpoints, fairseq's wav2vec 2.0 / HuBERT)."""
     from fairseq.models import MODEL_REGISTRY
 
     model_cfg = _cfg_section(state, "model")
@@ -158,7 +167,7 @@ def released_format(state: dict) -> Optional[str]:
     if name == "wav2vec_ctc" and model_cfg.get("w2v_args"):
         inner = model_cfg["w2v_args"].get("model") or {}
         if inner.get("_name") == "data2vec_multi" and "data2vec_multi" not in MODEL_REGISTRY:
-            return "data2vec2"
+            return "data2vec2_ctc"
     if name == "data2vec_multi" and name not in MODEL_REGISTRY:
         weights = state.get("model") or {}
         if str(model_cfg.get("supported_modality", "")).upper().endswith("IMAGE") or any(
@@ -181,6 +190,11 @@ def released_format(state: dict) -> Optional[str]:
 
 
 def unconverted_release_error(path, name: str) -> ValueError:
+    if name == "data2vec2_ctc":
+        return ValueError(
+            f"{path}: a fairseq wav2vec_ctc fine-tune of data2vec 2.0 (data2vec_multi), which fairseq cannot build "
+            f"here and which is not converted; convert the pretrained checkpoint it was fine-tuned from with "
+            f"`{CONVERT_COMMAND.format(name='data2vec2', path='<pretrained.pt>')}` and fine-tune that")
     hint = {"m2d": " (--from msm_mae for an MSM-MAE file)"}.get(name, "")
     return ValueError(
         f"{path}: a released '{name}' checkpoint in its official layout, which fairseq cannot build here; convert it "

@@ -117,7 +117,20 @@ def test_released_layouts_are_named_with_their_command(tmp_path):
                 "optimizer_history": history}, tmp_path / "eat_ft.pt")
     torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1), "norm_stats": torch.zeros(2)}},
                tmp_path / "m2d.pth")
-    torch.save({"state_dict": {"student_model.mask_emb": torch.zeros(1)}, "epoch": 3}, tmp_path / "arm.ckpt")
+    # a Lightning checkpoint pickles classes of packages that may not be installed (its hyper-parameters)
+    (tmp_path / "lightning_stub.py").write_text("class AttributeDict(dict):\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    import lightning_stub
+
+    torch.save({"state_dict": {"student_model.mask_emb": torch.zeros(1)}, "epoch": 3,
+                "hyper_parameters": lightning_stub.AttributeDict(lr=1)}, tmp_path / "arm.ckpt")
+    sys.path.remove(str(tmp_path))
+    del sys.modules["lightning_stub"]
+    ctc = {"cfg": {"model": {"_name": "wav2vec_ctc", "w2v_args": release["cfg"]}, "task": {}}, "model": {},
+           "optimizer_history": history}
+    torch.save(ctc, tmp_path / "ctc.pt")
+    with pytest.raises(ValueError, match="fine-tune of data2vec 2.0.*--from data2vec2"):
+        load_model(tmp_path / "ctc.pt")
     for name, file in [("eh_mam", "ehmam.pt"), ("eat", "eat.pt"), ("eat_finetuned", "eat_ft.pt"), ("m2d", "m2d.pth"),
                        ("armhubert", "arm.ckpt")]:
         with pytest.raises(ValueError, match=f"run/convert_checkpoint.py --from {name} "):
