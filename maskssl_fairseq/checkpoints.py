@@ -77,20 +77,19 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
     fairseq would fail with ``KeyError: "'_name'"``, ``KeyError: 'best_loss'`` or "Could not infer task type"."""
     try:
         state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ImportError, AttributeError) as error:
+        # a release whose metadata fairseq's upgrade expects in vain (KeyError), whose pickle names classes that
+        # are not here (ImportError) or that torch's weights-only loader refuses -- or a file that is no checkpoint
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "Weights only load failed" in reason:
-            # objects beyond tensors (a Lightning checkpoint's hyper-parameters, fairseq meters of other versions)
-            name = released_format(load_release(path))
-            if name is None:
-                raise
-            raise unconverted_release_error(path, name) from error
-        if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason:
+        if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason and "Weights only" not in reason:
             raise
-        raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
-    except (KeyError, ImportError, AttributeError) as error:
-        # fairseq's upgrade of a file without its metadata, or a pickle naming another code base's classes
-        name = released_format(load_release(path))
+        try:
+            state = load_release(path)
+        except Exception as unreadable:  # noqa: BLE001
+            detail = str(unreadable).strip().splitlines()[-1] if str(unreadable).strip() else type(unreadable).__name__
+            raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): "
+                               f"{detail}") from error
+        name = released_format(state)
         if name is None:
             raise
         raise unconverted_release_error(path, name) from error
