@@ -156,9 +156,8 @@ def _cfg_section(state: dict, name: str) -> dict:
 
 
 def released_format(state: dict) -> Optional[str]:
-    """The ``run/convert_checkpoint.py --from`` name of a release layout that this plugin does not load as it is
-    (``data2vec2_ctc`` for fairseq's CTC fine-tunes of data2vec 2.0, which are not converted), or None for anything
-    else (our own checkpoints, fairseq's wav2vec 2.0 / HuBERT)."""
+    """The ``run/convert_checkpoint.py --from`` name of a release layout that this plugin does not load as it is,
+    or None for anything else (our own checkpoints, fairseq's wav2vec 2.0 / HuBERT)."""
     from fairseq.models import MODEL_REGISTRY
 
     model_cfg = _cfg_section(state, "model")
@@ -166,7 +165,7 @@ def released_format(state: dict) -> Optional[str]:
     if name == "wav2vec_ctc" and model_cfg.get("w2v_args"):
         inner = model_cfg["w2v_args"].get("model") or {}
         if inner.get("_name") == "data2vec_multi" and "data2vec_multi" not in MODEL_REGISTRY:
-            return "data2vec2_ctc"
+            return "data2vec2"  # a CTC fine-tune, which the data2vec2 importer converts too
     if name == "data2vec_multi" and name not in MODEL_REGISTRY:
         weights = state.get("model") or {}
         if str(model_cfg.get("supported_modality", "")).upper().endswith("IMAGE") or any(
@@ -189,11 +188,6 @@ def released_format(state: dict) -> Optional[str]:
 
 
 def unconverted_release_error(path, name: str) -> ValueError:
-    if name == "data2vec2_ctc":
-        return ValueError(
-            f"{path}: a fairseq wav2vec_ctc fine-tune of data2vec 2.0 (data2vec_multi), which fairseq cannot build "
-            f"here and which is not converted; convert the pretrained checkpoint it was fine-tuned from with "
-            f"`{CONVERT_COMMAND.format(name='data2vec2', path='<pretrained.pt>')}` and fine-tune that")
     hint = {"m2d": " (--from msm_mae for an MSM-MAE file)"}.get(name, "")
     return ValueError(
         f"{path}: a released '{name}' checkpoint in its official layout, which fairseq cannot build here; convert it "

@@ -50,6 +50,18 @@ def official_release(kind: str):
     return state, outputs, source, padding, text["meta"]
 
 
+def official_ctc_finetune(release: dict) -> dict:
+    """fairseq's wav2vec_ctc fine-tune of the recorded data2vec 2.0, laid out as the released ``*_960h.pt``: the
+    pretrained model under ``w2v_encoder.w2v_model`` without its teacher and decoder, a CTC head."""
+    inner = {f"w2v_encoder.w2v_model.{k}": v for k, v in release["model"].items()
+             if k != "_ema" and ".decoder." not in k}
+    head = {"w2v_encoder.proj.weight": torch.randn(6, 16), "w2v_encoder.proj.bias": torch.zeros(6)}  # 2 letters + 4
+    cfg = {"model": {"_name": "wav2vec_ctc", "w2v_path": "base_libri.pt", "w2v_args": release["cfg"],
+                     "normalize": True, "mask_prob": 0.65, "layerdrop": 0.1},
+           "task": {"_name": "audio_finetuning", "data": "/data/960h", "labels": "ltr", "normalize": True}}
+    return dict(release, cfg=cfg, model={**inner, **head})
+
+
 def max_error(ours: torch.Tensor, theirs: torch.Tensor, valid: torch.Tensor) -> float:
     return float((ours.float() - theirs.float())[valid].abs().max())
 
@@ -126,12 +138,8 @@ def test_released_layouts_are_named_with_their_command(tmp_path):
                 "hyper_parameters": lightning_stub.AttributeDict(lr=1)}, tmp_path / "arm.ckpt")
     sys.path.remove(str(tmp_path))
     del sys.modules["lightning_stub"]
-    ctc = {"cfg": {"model": {"_name": "wav2vec_ctc", "w2v_args": release["cfg"]}, "task": {}}, "model": {},
-           "optimizer_history": history}
-    torch.save(ctc, tmp_path / "ctc.pt")
-    with pytest.raises(ValueError, match="fine-tune of data2vec 2.0.*--from data2vec2"):
-        load_model(tmp_path / "ctc.pt")
-    for name, file in [("eh_mam", "ehmam.pt"), ("eat", "eat.pt"), ("eat_finetuned", "eat_ft.pt"), ("m2d", "m2d.pth"),
+    torch.save(official_ctc_finetune(release), tmp_path / "ctc.pt")
+    for name, file in [("eh_mam", "ehmam.pt"), ("data2vec2", "ctc.pt"), ("eat", "eat.pt"), ("eat_finetuned", "eat_ft.pt"), ("m2d", "m2d.pth"),
                        ("armhubert", "arm.ckpt")]:
         with pytest.raises(ValueError, match=f"run/convert_checkpoint.py --from {name} "):
             load_model(tmp_path / file)
@@ -154,7 +162,16 @@ def test_wav2vec_ctc_and_feature_extraction_take_a_converted_release(tmp_path):
         out = encoder.w2v_model.extract_features(source, padding_mask=padding)
     assert max_error(out["x"], official["student_x"], ~official["frame_padding"]) < 1e-4
 
-    sys.path.insert(0, str(REPO / "run"))
+    # a CTC fine-tune of data2vec 2.0 (the released *_960h.pt) converts too
+    torch.save(official_ctc_finetune(release), tmp_path / "ctc_release.pt")
+    convert_checkpoint.main(["--from", "data2vec2", str(tmp_path / "ctc_release.pt"), str(tmp_path / "ctc.pt")])
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{c} 1\n" for c in "AB"))
+    finetuned, cfg = load_model(tmp_path / "ctc.pt", data_dir=tmp_path)
+    assert cfg.model._name == "wav2vec_ctc"
+    with torch.no_grad():
+        out = finetuned.w2v_encoder.w2v_model.extract_features(source, padding_mask=padding)
+    assert max_error(out["x"], official["student_x"], ~official["frame_padding"]) < 1e-4
+
     import extract_features
 
     for i, length in enumerate((16000, 8000)):
