@@ -377,9 +377,12 @@ def to_official(state: dict, path=None, **unused) -> dict:
     for section, key, supported in _FIXED:
         target = {"model": model, "audio": audio, "decoder": audio["decoder"]}[section]
         target[key] = supported
+    # values the official config interpolates from other sections (common.seed, model.*) are written out, so that
+    # the exported model section builds on its own
     audio.update(type="AUDIO", start_drop_path_rate=model["start_drop_path_rate"],
-                 end_drop_path_rate=model["end_drop_path_rate"])
-    model.update(_name="data2vec_multi", supported_modality="AUDIO", ema_encoder_only=False,
+                 end_drop_path_rate=model["end_drop_path_rate"], num_alibi_heads=model["num_heads"],
+                 model_depth=model["depth"])
+    model.update(_name="data2vec_multi", supported_modality="AUDIO", ema_encoder_only=False, seed=1,
                  max_update=value("hard_fraction_ramp_updates"), modalities={"audio": audio})
     weights = dict(state["model"])
     teacher = weights.pop("_ema", None)

@@ -196,6 +196,39 @@ def record(kind: str, repo: Path, commit: str, out: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} kB) from {KINDS[kind][0]}@{commit}")
 
 
+def verify_export(kind: str, repo: Path, ours_path: Path) -> None:
+    """Exports a checkpoint of ours to the official layout (``run/convert_checkpoint.py --to``), builds the official
+    model from the exported config alone, loads the exported weights strictly, and prints the largest difference
+    between the official model's features and ours on the recorded input (and of the loss predictors, EH-MAM)."""
+    from omegaconf import OmegaConf
+
+    official, Modality = import_official(repo, kind)
+    sys.path.insert(0, str(OUT_DIR.parents[1]))
+    from maskssl_fairseq.features import load_model
+    from maskssl_fairseq.models.eh_mam import to_official
+
+    exported = to_official(torch.load(ours_path, map_location="cpu", weights_only=False), path=ours_path)
+    model_cfg = OmegaConf.merge(OmegaConf.structured(official.Data2VecMultiConfig), exported["cfg"]["model"])
+    theirs = official.Data2VecMultiModel.build_model(model_cfg, task=None)
+    theirs.load_state_dict(exported["model"], strict=True)
+    theirs.eval()
+    ours, _ = load_model(ours_path)
+    generator = torch.Generator().manual_seed(2)
+    source = torch.randn(2, 16000, generator=generator)
+    padding = torch.arange(16000)[None, :] >= torch.tensor([16000, 12000])[:, None]
+    source = source.masked_fill(padding, 0.0)
+    with torch.no_grad():
+        official_out = theirs.extract_features(source, mode="AUDIO", padding_mask=padding)
+        our_out = ours.extract_features(source, padding_mask=padding)
+        valid = ~official_out["padding_mask"]
+        report = {"features": float((official_out["x"] - our_out["x"])[valid].abs().max())}
+        if getattr(ours, "loss_predictor", None) is not None:
+            scores = theirs.modality_encoders["AUDIO"].decoder_pred(official_out["x"], None).mean(-1)
+            report["loss_predictor"] = float((scores - ours.loss_predictor(our_out["x"]))[valid].abs().max())
+    print(f"{ours_path} exported to {KINDS[kind][0]}'s layout: loads strictly into its model; max abs difference "
+          + ", ".join(f"{k} {v:.1e}" for k, v in report.items()))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, choices=sorted(KINDS))
@@ -203,7 +236,13 @@ def main(argv=None) -> None:
     parser.add_argument("--commit", required=True, help="the commit the checkout was made from (recorded)")
     parser.add_argument("--out", type=Path, help="default: tests/reference/<kind>.npz")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
+    parser.add_argument("--verify-export", type=Path, metavar="OURS.pt",
+                        help="instead of recording: check that this checkpoint of ours, exported, runs in the official "
+                             "model with the same features")
     args = parser.parse_args(argv)
+    if args.verify_export:
+        verify_export(args.kind, args.repo, args.verify_export)
+        return
     out = args.out or OUT_DIR / f"{args.kind}.npz"
     if out.exists() and not args.force:
         raise SystemExit(f"{out} exists; pass --force to overwrite it")
