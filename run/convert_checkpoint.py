@@ -88,7 +88,14 @@ def convert(direction: str, name: str, source: Path, config: Path = None, option
     table = IMPORTERS if direction == "--from" else EXPORTERS
     converter = resolve(table[name], name, direction)
     config_dict = yaml.safe_load(config.read_text()) if config is not None else None
-    result = converter(load_release(source), path=source, config=config_dict, **(options or {}))
+    try:
+        state = load_release(source)
+    except Exception as error:  # noqa: BLE001  (whatever torch's unpickler raises on a file that is no checkpoint)
+        raise SystemExit(f"{source}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    try:
+        result = converter(state, path=source, config=config_dict, **(options or {}))
+    except ValueError as error:
+        raise SystemExit(f"{direction} {name}: {error}") from None
     return result if isinstance(result, tuple) else (result, {})
 
 

@@ -17,6 +17,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import maskssl_fairseq  # noqa: F401  (registers the models)
+from maskssl_fairseq.checkpoints import load_init_weights
 from maskssl_fairseq.features import hidden_states, load_model
 from maskssl_fairseq.models import armhubert, eh_mam
 from maskssl_fairseq.modules.data2vec2_audio import instance_norm_average
@@ -143,9 +144,16 @@ def test_released_layouts_are_named_with_their_command(tmp_path):
                        ("armhubert", "arm.ckpt")]:
         with pytest.raises(ValueError, match=f"run/convert_checkpoint.py --from {name} "):
             load_model(tmp_path / file)
-    # fine-tuning reads model.w2v_path through the same loader
+    # fine-tuning reads model.w2v_path through the same loader, and model.init_from too
     with pytest.raises(ValueError, match="--from eh_mam"):
         checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "ehmam.pt"))
+    converted = eh_mam.from_official_eh_mam(release)
+    model = eh_mam.EhMamModel(eh_mam.EhMamConfig(**converted["cfg"]["model"]))
+    with pytest.raises(ValueError, match="--from eh_mam"):
+        load_init_weights(model, tmp_path / "ehmam.pt")
+    # the converter names what it cannot map
+    with pytest.raises(SystemExit, match="--from data2vec2: .*decoder_pred.*use --from eh_mam"):
+        convert_checkpoint.main(["--from", "data2vec2", str(tmp_path / "ehmam.pt"), str(tmp_path / "x.pt")])
 
 
 def test_wav2vec_ctc_and_feature_extraction_take_a_converted_release(tmp_path):
