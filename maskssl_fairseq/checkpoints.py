@@ -81,18 +81,22 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
         # a release whose metadata fairseq's upgrade expects in vain (KeyError), whose pickle names classes that
         # are not here (ImportError) or that torch's weights-only loader refuses -- or a file that is no checkpoint
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason and "Weights only" not in reason:
+        weights_only = "Weights only" in reason
+        unreadable = isinstance(error, EOFError) or "PytorchStreamReader" in reason or (
+            isinstance(error, pickle.UnpicklingError) and not weights_only)
+        if isinstance(error, RuntimeError) and not (unreadable or weights_only):
             raise
         try:
-            state = load_release(path)
-        except Exception as unreadable:  # noqa: BLE001
-            detail = str(unreadable).strip().splitlines()[-1] if str(unreadable).strip() else type(unreadable).__name__
-            raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): "
-                               f"{detail}") from error
-        name = released_format(state)
-        if name is None:
-            raise
-        raise unconverted_release_error(path, name) from error
+            name = released_format_of_strings(pickled_strings(path))
+        except Exception as parse_error:  # noqa: BLE001  (whatever a file that is no pickle makes the parser raise)
+            if not unreadable:  # torch's reason was about the content; the parser's says why there is none
+                reason = str(parse_error).strip() or type(parse_error).__name__
+            name, unreadable = None, True
+        if name is not None:
+            raise unconverted_release_error(path, name) from error
+        if unreadable:
+            raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
+        raise
     name = released_format(state)
     if name is not None:
         raise unconverted_release_error(path, name)
@@ -137,11 +141,13 @@ class _TolerantPickle:
 
 
 def load_release(path) -> dict:
-    """A released checkpoint file as a dict of plain containers and tensors, on CPU.
+    """A released checkpoint file as a dict of plain containers and tensors, on CPU, for ``run/convert_checkpoint.py``.
 
     Release files pickle more than tensors (fairseq's meters, Lightning's hyper-parameters, argparse
-    namespaces), so torch's ``weights_only`` loader refuses them; they are trusted as fairseq's own loader
-    trusts checkpoints. Classes of packages that are not installed here load as inert placeholders.
+    namespaces), so torch's ``weights_only`` loader refuses them: the file is unpickled in full, which runs
+    whatever it names, so convert only files you trust (the loaders of the tools never call this; they identify
+    a release from its pickled strings, :func:`pickled_strings`). Classes of packages that are not installed here
+    load as inert placeholders.
     """
     state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TolerantPickle)
     if not isinstance(state, dict):
@@ -184,6 +190,50 @@ def released_format(state: dict) -> Optional[str]:
         if any(k.startswith("audio_proj.") for k in weights):
             return "m2d_clap"
         return "m2d"
+    return None
+
+
+def pickled_strings(path) -> set:
+    """Every string constant of a torch file's pickle, read without unpickling it (no code of the file runs)."""
+    import pickletools
+    import zipfile
+
+    def strings(stream) -> set:
+        found = set()
+        for opcode, argument, _ in pickletools.genops(stream):
+            if isinstance(argument, str) and "UNICODE" in opcode.name:
+                found.add(argument)
+        return found
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            with archive.open(member) as stream:
+                return strings(stream)
+    found = set()
+    with open(path, "rb") as stream:  # torch's legacy format: magic number, protocol, system info, then the object
+        for _ in range(4):
+            found |= strings(stream)
+    return found
+
+
+def released_format_of_strings(strings: set) -> Optional[str]:
+    """:func:`released_format` for a file that fairseq's (weights-only) loader refused, from its pickled strings:
+    the same layouts, recognised by their model names and key prefixes."""
+    from fairseq.models import MODEL_REGISTRY
+
+    if "mae_image_classification" in strings and "mae_image_classification" not in MODEL_REGISTRY:
+        return "eat_finetuned"
+    if "data2vec_multi" in strings and "data2vec_multi" not in MODEL_REGISTRY:
+        if "IMAGE" in strings or any(s.startswith("modality_encoders.IMAGE.") for s in strings):
+            return "eat"
+        if "wav2vec_ctc" not in strings and any(".decoder_pred." in s for s in strings):
+            return "eh_mam"
+        return "data2vec2"
+    if any(s.startswith("student_model.") for s in strings):
+        return "armhubert"
+    if "patch_embed.proj.weight" in strings:
+        return "m2d_clap" if any(s.startswith("audio_proj.") for s in strings) else "m2d"
     return None
 
 

@@ -10,7 +10,8 @@
 
 ``--from NAME IN OUT`` imports, ``--to NAME IN OUT`` exports; ``--config`` passes a release's training yaml where
 the architecture lives only there (ARMHuBERT), ``--arg KEY=VALUE`` (repeatable; the value read as YAML) passes
-a format's own options. OUT is never overwritten without ``--force``.
+a format's own options. OUT is never overwritten without ``--force``. IN is unpickled in full (release files
+pickle more than tensors, which torch's weights-only loader refuses): convert only files you trust.
 
 The mappings live beside the models they feed (as timm keeps a ``checkpoint_filter_fn`` in each model file);
 this script only dispatches. A converter is ``"module:function"`` in :data:`IMPORTERS` / :data:`EXPORTERS`, with
