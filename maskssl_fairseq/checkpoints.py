@@ -337,7 +337,8 @@ def load_init_weights(model: torch.nn.Module, path, fresh: Sequence[str] = ()) -
     return report
 
 
-_fairseq_trainer_load_checkpoint = Trainer.load_checkpoint
+# the plugin may be imported twice (user_dir under another module name): wrap fairseq's own method once
+_fairseq_trainer_load_checkpoint = getattr(Trainer.load_checkpoint, "fairseq_original", Trainer.load_checkpoint)
 
 
 def trainer_load_checkpoint(self, filename, *args, **kwargs):
@@ -345,7 +346,8 @@ def trainer_load_checkpoint(self, filename, *args, **kwargs):
 
     fairseq calls it at the start of training with ``checkpoint_last.pt`` (or ``checkpoint.restore_file`` /
     ``finetune_from_model``); it returns no state exactly when no such file exists, so a resumed run never
-    re-initialises, and the weights are in place before the optimiser's fp32 copies are built.
+    re-initialises, and the weights are in place before the optimiser's fp32 copies are built. Every rank reads
+    the file itself.
     """
     extra_state = _fairseq_trainer_load_checkpoint(self, filename, *args, **kwargs)
     model = self.get_model()
@@ -358,4 +360,5 @@ def trainer_load_checkpoint(self, filename, *args, **kwargs):
     return extra_state
 
 
+trainer_load_checkpoint.fairseq_original = _fairseq_trainer_load_checkpoint
 Trainer.load_checkpoint = trainer_load_checkpoint
