@@ -4,7 +4,11 @@ A fine-tuned checkpoint holds the task's fairseq ``Dictionary``; allow-listing t
 loader (no arbitrary pickles) while letting fairseq resume training, validate and decode. Importing the
 plugin (``common.user_dir``) is enough. Importing it also makes fairseq's checkpoint copies atomic
 (:func:`atomic_copy`) and has an unreadable checkpoint (``model.w2v_path``, ``checkpoint.restore_file``, ...)
-named in the error (:func:`load_checkpoint_to_cpu`).
+named in the error (:func:`load_checkpoint_to_cpu`), as well as a release in its official layout, with the
+``run/convert_checkpoint.py`` command that converts it (:func:`released_format`).
+
+Continued pretraining: a model whose config has ``init_from`` starts from that checkpoint's weights when
+training does not resume (:func:`trainer_load_checkpoint`, :func:`load_init_weights`).
 """
 
 import logging
@@ -73,17 +77,26 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
     fairseq would fail with ``KeyError: "'_name'"``, ``KeyError: 'best_loss'`` or "Could not infer task type"."""
     try:
         state = _fairseq_load_checkpoint_to_cpu(path, arg_overrides, load_on_all_ranks)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ImportError, AttributeError) as error:
+        # a release whose metadata fairseq's upgrade expects in vain (KeyError), whose pickle names classes that
+        # are not here (ImportError) or that torch's weights-only loader refuses -- or a file that is no checkpoint
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, RuntimeError) and "PytorchStreamReader" not in reason:
+        weights_only = "Weights only" in reason
+        unreadable = isinstance(error, EOFError) or "PytorchStreamReader" in reason or (
+            isinstance(error, pickle.UnpicklingError) and not weights_only)
+        if isinstance(error, RuntimeError) and not (unreadable or weights_only):
             raise
-        raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
-    except (KeyError, ImportError, AttributeError) as error:
-        # fairseq's upgrade of a file without its metadata, or a pickle naming another code base's classes
-        name = released_format(load_release(path))
-        if name is None:
-            raise
-        raise unconverted_release_error(path, name) from error
+        try:
+            name = released_format_of_strings(pickled_strings(path))
+        except Exception as parse_error:  # noqa: BLE001  (whatever a file that is no pickle makes the parser raise)
+            if not unreadable:  # torch's reason was about the content; the parser's says why there is none
+                reason = str(parse_error).strip() or type(parse_error).__name__
+            name, unreadable = None, True
+        if name is not None:
+            raise unconverted_release_error(path, name) from error
+        if unreadable:
+            raise RuntimeError(f"{path}: not a readable checkpoint (truncated, or not saved by torch): {reason}") from error
+        raise
     name = released_format(state)
     if name is not None:
         raise unconverted_release_error(path, name)
@@ -98,11 +111,13 @@ checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 CONVERT_COMMAND = "python run/convert_checkpoint.py --from {name} {path} <converted.pt>"
 
 
-class _UnknownGlobal:
+class _UnknownGlobal(dict):
     """Stands in for a class that a released pickle names but this environment lacks (PyTorch Lightning's
-    ``AttributeDict``, argparse-like configs of other code bases): its state is kept, never executed."""
+    ``AttributeDict``, argparse-like configs of other code bases): its state is kept, never executed. A dict, so
+    that pickled dict subclasses fill it too."""
 
     def __init__(self, *args, **kwargs):
+        super().__init__()
         self.args, self.kwargs = args, kwargs
 
     def __setstate__(self, state):
@@ -126,11 +141,13 @@ class _TolerantPickle:
 
 
 def load_release(path) -> dict:
-    """A released checkpoint file as a dict of plain containers and tensors, on CPU.
+    """A released checkpoint file as a dict of plain containers and tensors, on CPU, for ``run/convert_checkpoint.py``.
 
     Release files pickle more than tensors (fairseq's meters, Lightning's hyper-parameters, argparse
-    namespaces), so torch's ``weights_only`` loader refuses them; they are trusted as fairseq's own loader
-    trusts checkpoints. Classes of packages that are not installed here load as inert placeholders.
+    namespaces), so torch's ``weights_only`` loader refuses them: the file is unpickled in full, which runs
+    whatever it names, so convert only files you trust (the loaders of the tools never call this; they identify
+    a release from its pickled strings, :func:`pickled_strings`). Classes of packages that are not installed here
+    load as inert placeholders.
     """
     state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TolerantPickle)
     if not isinstance(state, dict):
@@ -154,7 +171,7 @@ def released_format(state: dict) -> Optional[str]:
     if name == "wav2vec_ctc" and model_cfg.get("w2v_args"):
         inner = model_cfg["w2v_args"].get("model") or {}
         if inner.get("_name") == "data2vec_multi" and "data2vec_multi" not in MODEL_REGISTRY:
-            return "data2vec2"
+            return "data2vec2"  # a CTC fine-tune, which the data2vec2 importer converts too
     if name == "data2vec_multi" and name not in MODEL_REGISTRY:
         weights = state.get("model") or {}
         if str(model_cfg.get("supported_modality", "")).upper().endswith("IMAGE") or any(
@@ -173,6 +190,50 @@ def released_format(state: dict) -> Optional[str]:
         if any(k.startswith("audio_proj.") for k in weights):
             return "m2d_clap"
         return "m2d"
+    return None
+
+
+def pickled_strings(path) -> set:
+    """Every string constant of a torch file's pickle, read without unpickling it (no code of the file runs)."""
+    import pickletools
+    import zipfile
+
+    def strings(stream) -> set:
+        found = set()
+        for opcode, argument, _ in pickletools.genops(stream):
+            if isinstance(argument, str) and "UNICODE" in opcode.name:
+                found.add(argument)
+        return found
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            with archive.open(member) as stream:
+                return strings(stream)
+    found = set()
+    with open(path, "rb") as stream:  # torch's legacy format: magic number, protocol, system info, then the object
+        for _ in range(4):
+            found |= strings(stream)
+    return found
+
+
+def released_format_of_strings(strings: set) -> Optional[str]:
+    """:func:`released_format` for a file that fairseq's (weights-only) loader refused, from its pickled strings:
+    the same layouts, recognised by their model names and key prefixes."""
+    from fairseq.models import MODEL_REGISTRY
+
+    if "mae_image_classification" in strings and "mae_image_classification" not in MODEL_REGISTRY:
+        return "eat_finetuned"
+    if "data2vec_multi" in strings and "data2vec_multi" not in MODEL_REGISTRY:
+        if "IMAGE" in strings or any(s.startswith("modality_encoders.IMAGE.") for s in strings):
+            return "eat"
+        if "wav2vec_ctc" not in strings and any(".decoder_pred." in s for s in strings):
+            return "eh_mam"
+        return "data2vec2"
+    if any(s.startswith("student_model.") for s in strings):
+        return "armhubert"
+    if "patch_embed.proj.weight" in strings:
+        return "m2d_clap" if any(s.startswith("audio_proj.") for s in strings) else "m2d"
     return None
 
 
@@ -276,7 +337,8 @@ def load_init_weights(model: torch.nn.Module, path, fresh: Sequence[str] = ()) -
     return report
 
 
-_fairseq_trainer_load_checkpoint = Trainer.load_checkpoint
+# the plugin may be imported twice (user_dir under another module name): wrap fairseq's own method once
+_fairseq_trainer_load_checkpoint = getattr(Trainer.load_checkpoint, "fairseq_original", Trainer.load_checkpoint)
 
 
 def trainer_load_checkpoint(self, filename, *args, **kwargs):
@@ -284,7 +346,8 @@ def trainer_load_checkpoint(self, filename, *args, **kwargs):
 
     fairseq calls it at the start of training with ``checkpoint_last.pt`` (or ``checkpoint.restore_file`` /
     ``finetune_from_model``); it returns no state exactly when no such file exists, so a resumed run never
-    re-initialises, and the weights are in place before the optimiser's fp32 copies are built.
+    re-initialises, and the weights are in place before the optimiser's fp32 copies are built. Every rank reads
+    the file itself.
     """
     extra_state = _fairseq_trainer_load_checkpoint(self, filename, *args, **kwargs)
     model = self.get_model()
@@ -297,4 +360,5 @@ def trainer_load_checkpoint(self, filename, *args, **kwargs):
     return extra_state
 
 
+trainer_load_checkpoint.fairseq_original = _fairseq_trainer_load_checkpoint
 Trainer.load_checkpoint = trainer_load_checkpoint

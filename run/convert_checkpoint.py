@@ -10,7 +10,8 @@
 
 ``--from NAME IN OUT`` imports, ``--to NAME IN OUT`` exports; ``--config`` passes a release's training yaml where
 the architecture lives only there (ARMHuBERT), ``--arg KEY=VALUE`` (repeatable; the value read as YAML) passes
-a format's own options. OUT is never overwritten without ``--force``.
+a format's own options. OUT is never overwritten without ``--force``. IN is unpickled in full (release files
+pickle more than tensors, which torch's weights-only loader refuses): convert only files you trust.
 
 The mappings live beside the models they feed (as timm keeps a ``checkpoint_filter_fn`` in each model file);
 this script only dispatches. A converter is ``"module:function"`` in :data:`IMPORTERS` / :data:`EXPORTERS`, with
@@ -88,7 +89,14 @@ def convert(direction: str, name: str, source: Path, config: Path = None, option
     table = IMPORTERS if direction == "--from" else EXPORTERS
     converter = resolve(table[name], name, direction)
     config_dict = yaml.safe_load(config.read_text()) if config is not None else None
-    result = converter(load_release(source), path=source, config=config_dict, **(options or {}))
+    try:
+        state = load_release(source)
+    except Exception as error:  # noqa: BLE001  (whatever torch's unpickler raises on a file that is no checkpoint)
+        raise SystemExit(f"{source}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    try:
+        result = converter(state, path=source, config=config_dict, **(options or {}))
+    except ValueError as error:
+        raise SystemExit(f"{direction} {name}: {error}") from None
     return result if isinstance(result, tuple) else (result, {})
 
 

@@ -262,23 +262,59 @@ def _official_cfg_to_ours(model: dict, name: str) -> dict:
     return cfg
 
 
+def _known_fields(values: dict, config_class) -> dict:
+    """``values`` without the keys ``config_class`` lacks (a release made by another fairseq version)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    return {key: value for key, value in values.items() if key in known}
+
+
 def _task_cfg(task: dict) -> dict:
     from fairseq.tasks.audio_pretraining import AudioPretrainingConfig
 
-    known = {f.name for f in dataclasses.fields(AudioPretrainingConfig)}
-    cfg = {key: value for key, value in task.items() if key in known and key != "data"}
+    cfg = _known_fields(task, AudioPretrainingConfig)
     cfg.update(_name="audio_pretraining", data="")
     return cfg
 
 
-def _from_official(state: dict, name: str, with_predictor: bool) -> dict:
+def _container(cfg) -> dict:
     from omegaconf import DictConfig, OmegaConf
 
+    return OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+
+
+_CTC_INNER = "w2v_encoder.w2v_model."
+
+
+def _from_official_ctc(state: dict, name: str) -> dict:
+    """fairseq's ``wav2vec_ctc`` fine-tune of data2vec 2.0 (``*_960h.pt``): the inner model converted, the CTC head
+    kept; the result is a ``wav2vec_ctc`` checkpoint of ours (decode it with ``run/decode.py``)."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig
+    from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
+
+    cfg = _container(state["cfg"])
+    inner_cfg = _container(cfg["model"].get("w2v_args"))
+    if not inner_cfg or (inner_cfg.get("model") or {}).get("_name") != "data2vec_multi":
+        raise ValueError(f"{name}: a wav2vec_ctc fine-tune, but not of data2vec_multi (w2v_args.model._name)")
+    weights = state["model"]
+    inner = {key[len(_CTC_INNER):]: value for key, value in weights.items() if key.startswith(_CTC_INNER)}
+    converted = _from_official({"cfg": inner_cfg, "model": inner}, name, with_predictor=False, fine_tuned=True)
+    ctc = _known_fields(cfg["model"], Wav2Vec2CtcConfig)
+    ctc.update(_name="wav2vec_ctc", w2v_args=converted["cfg"])
+    task = _known_fields(cfg.get("task") or {}, AudioFinetuningConfig)
+    task.update(_name="audio_finetuning")
+    model = {key: value for key, value in weights.items() if not key.startswith(_CTC_INNER)}
+    model.update({_CTC_INNER + key: value for key, value in converted["model"].items()})
+    return plugin_checkpoint(ctc, task, model, criterion="ctc")
+
+
+def _from_official(state: dict, name: str, with_predictor: bool, fine_tuned: bool = False) -> dict:
     cfg = state.get("cfg")
     if cfg is None:
         raise ValueError(f"{name}: no 'cfg' in the checkpoint; a fairseq data2vec 2.0 checkpoint keeps its config there")
-    cfg = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+    cfg = _container(cfg)
     model_cfg = cfg["model"]
+    if model_cfg.get("_name") == "wav2vec_ctc" and not with_predictor and not fine_tuned:
+        return _from_official_ctc(state, name)
     if model_cfg.get("_name") != "data2vec_multi":
         raise ValueError(f"{name}: model '{model_cfg.get('_name')}', expected data2vec_multi (audio)")
     weights = dict(state["model"])
@@ -296,7 +332,9 @@ def _from_official(state: dict, name: str, with_predictor: bool) -> dict:
         ours_cfg.update(ranking_loss_weight=0.0, hard_fraction_start=0.0, hard_fraction_end=0.0)
     student = _weights_to_ours(weights, ours_cfg.get("num_heads", 12), f"{name} (model)")
     student["teacher_updates"] = torch.zeros((), dtype=torch.long)
-    if teacher is not None:
+    if fine_tuned:
+        pass  # fine-tuning dropped the teacher
+    elif teacher is not None:
         if not any(k.startswith(_AUDIO) for k in teacher):
             # ema_encoder_only: the teacher follows the main blocks only and shares the rest with the student
             teacher = {"blocks." + key: value for key, value in teacher.items()}
@@ -307,14 +345,14 @@ def _from_official(state: dict, name: str, with_predictor: bool) -> dict:
                            _weights_to_ours(teacher, ours_cfg.get("num_heads", 12), f"{name} (_ema)").items()}
     else:
         logger.warning(f"{name}: no EMA teacher (_ema) in the checkpoint; the teacher starts as the student")
-        student["_ema"] = {k: v.float().clone() for k, v in student.items()
-                           if k.startswith(("encoder.", "loss_predictor.")) and k != "encoder.slopes"}
+        student["_ema"] = {k: v.float().clone() for k, v in student.items() if k.startswith(("encoder.", "loss_predictor."))}
     return plugin_checkpoint(ours_cfg, _task_cfg(cfg.get("task") or {}), student)
 
 
 def from_official_data2vec2(state: dict, path=None, **unused) -> dict:
     """fairseq's data2vec 2.0 audio checkpoint (``base_libri.pt``, ``large_vox.pt``: ``data2vec_multi``, its EMA
-    teacher under ``_ema``) -> ours: ``data2vec_multi_eh_mam`` with EH-MAM off (plain data2vec 2.0)."""
+    teacher under ``_ema``) -> ours: ``data2vec_multi_eh_mam`` with EH-MAM off (plain data2vec 2.0). A CTC
+    fine-tune (``*_960h.pt``, ``wav2vec_ctc``) becomes a ``wav2vec_ctc`` checkpoint around ours."""
     return _from_official(state, str(path or "data2vec2"), with_predictor=False)
 
 
@@ -327,10 +365,7 @@ def from_official_eh_mam(state: dict, path=None, **unused) -> dict:
 def to_official(state: dict, path=None, **unused) -> dict:
     """Ours (``data2vec_multi_eh_mam``) -> fairseq's ``data2vec_multi`` layout (with EH-MAM's ``decoder_pred`` and
     ``learning_loss`` when the model has a loss predictor), for fairseq's ``examples/data2vec`` and EH-MAM's code."""
-    from omegaconf import DictConfig, OmegaConf
-
-    cfg = state["cfg"]
-    cfg = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+    cfg = _container(state["cfg"])
     ours = cfg["model"]
     if ours.get("_name") != "data2vec_multi_eh_mam":
         raise ValueError(f"{path}: model '{ours.get('_name')}', expected data2vec_multi_eh_mam")
@@ -342,9 +377,12 @@ def to_official(state: dict, path=None, **unused) -> dict:
     for section, key, supported in _FIXED:
         target = {"model": model, "audio": audio, "decoder": audio["decoder"]}[section]
         target[key] = supported
+    # values the official config interpolates from other sections (common.seed, model.*) are written out, so that
+    # the exported model section builds on its own
     audio.update(type="AUDIO", start_drop_path_rate=model["start_drop_path_rate"],
-                 end_drop_path_rate=model["end_drop_path_rate"])
-    model.update(_name="data2vec_multi", supported_modality="AUDIO", ema_encoder_only=False,
+                 end_drop_path_rate=model["end_drop_path_rate"], num_alibi_heads=model["num_heads"],
+                 model_depth=model["depth"])
+    model.update(_name="data2vec_multi", supported_modality="AUDIO", ema_encoder_only=False, seed=1,
                  max_update=value("hard_fraction_ramp_updates"), modalities={"audio": audio})
     weights = dict(state["model"])
     teacher = weights.pop("_ema", None)
