@@ -1,6 +1,6 @@
 """The paper-scale configs' DDP backends: ``pytorch_ddp`` only where a training step leaves no trainable
 parameter without a gradient (``run/unused_params.py``, real fairseq train steps on CPU), ``legacy_ddp`` where a
-step can (layerdrop, a frozen fine-tuning encoder)."""
+step can (layerdrop, a frozen fine-tuning encoder or CNN)."""
 
 import sys
 
@@ -32,7 +32,8 @@ def test_legacy_ddp_only_where_a_step_can_leave_parameters_without_gradients():
     assert len(PAPER_CONFIGS) == 26
     for path in PAPER_CONFIGS:
         config = OmegaConf.load(path)
-        skips = config.model.get("layerdrop", 0) > 0 or config.model.get("freeze_finetune_updates", 0) > 0
+        skips = (config.model.get("layerdrop", 0) > 0 or config.model.get("freeze_finetune_updates", 0) > 0
+                 or config.model.get("feature_grad_mult", 1) == 0)
         backend = config.distributed_training.ddp_backend
         assert backend == ("legacy_ddp" if skips else "pytorch_ddp"), path
         assert config.distributed_training.distributed_world_size == 8, path
