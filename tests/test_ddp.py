@@ -131,3 +131,53 @@ def test_teachers_that_drift_apart_across_ranks_stop_the_run():
     assert results[0, 2] is None and results[1, 2] is None  # identical teachers pass
     assert all(re.match(r"the EMA teacher differs across the 2 ranks at update 4 \(largest difference", results[r, 4])
                for r in range(2)), results
+
+
+
+def measured_norm_stats(data: str) -> tuple:
+    """M2D's log-mel statistics of 40 demo clips (2 batches of 32) and what the task logged about them."""
+    import logging
+
+    from maskssl_fairseq.models.m2d import M2DConfig, M2DModel
+    from maskssl_fairseq.tasks.spectrogram_pretraining import SpectrogramPretrainingConfig, SpectrogramPretrainingTask
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("maskssl_fairseq.tasks.spectrogram_pretraining").addHandler(handler)
+    logging.getLogger("maskssl_fairseq.tasks.spectrogram_pretraining").setLevel(logging.INFO)
+    task = SpectrogramPretrainingTask(SpectrogramPretrainingConfig(data=data, crop_frames=208, norm_sample_size=40,
+                                                                   train_subset="pretrain", seed=1))
+    model = M2DModel(M2DConfig(sample_rate=16000, hop_length=160, input_frames=208, encoder_embed_dim=32, encoder_layers=1, encoder_attention_heads=2,
+                               predictor_embed_dim=32, predictor_layers=1, predictor_attention_heads=2,
+                               max_update=10, ema_anneal_end_step=10))
+    return task.measure_norm_stats(model.frontend), records
+
+
+def _norm_stats_rank(rank: int, port: int, data: str, results) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    results.put((rank, *measured_norm_stats(data)))
+    dist.destroy_process_group()
+
+
+def test_ranks_share_the_norm_statistics_clips_and_agree_with_one_process_to_the_bit(demo_corpus):
+    """M2D measures its input statistics at start (5000 clips at paper scale): each rank reads its share."""
+    one, _ = measured_norm_stats(str(demo_corpus))
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workers = [context.Process(target=_norm_stats_rank, args=(r, port, str(demo_corpus), queue)) for r in range(2)]
+    for worker in workers:
+        worker.start()
+    results = {rank: (stats, log) for rank, stats, log in (queue.get(timeout=120) for _ in range(2))}
+    for worker in workers:
+        worker.join(timeout=60)
+    for rank in range(2):
+        stats, log = results[rank]
+        assert stats == one  # the same float64 sums, added in the same order
+        assert log[-1].endswith(f"from 40 clips of {demo_corpus / 'pretrain.tsv'}, 1 of their 2 batches read by this rank")

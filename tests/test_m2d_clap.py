@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from helpers import REPO, fairseq_hydra_train, logged, series
 
@@ -44,44 +45,6 @@ def test_clip_loss_equals_a_direct_computation():
     assert gather_with_local_grad(audio) is audio  # one process: no gathering
 
 
-SHARDS = (slice(0, 5), slice(5, 8))  # uneven, as the last batches of an epoch can be
-
-
-def _gathered_rank(rank: int, init_file: str, audio, text, scale, out: str) -> None:
-    import torch.distributed as dist
-
-    from maskssl_fairseq.modules.clap import clip_loss
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    rows = SHARDS[rank]
-    local_audio = audio[rows].clone().requires_grad_(True)
-    local_text = text[rows].clone().requires_grad_(True)
-    loss = clip_loss(local_audio, local_text, torch.tensor(scale))
-    loss.backward()
-    torch.save({"loss": loss.detach(), "audio_grad": local_audio.grad, "text_grad": local_text.grad}, f"{out}.{rank}")
-    dist.destroy_process_group()
-
-
-def test_distributed_loss_scores_the_global_batch_with_local_gradients(tmp_path):
-    from maskssl_fairseq.modules.clap import clip_loss
-
-    generator = torch.Generator().manual_seed(1)
-    audio, text = torch.randn(8, 16, generator=generator), torch.randn(8, 16, generator=generator)
-    # spawned, not forked: a fork of this multi-threaded process can deadlock in torch's thread pools
-    mp.start_processes(_gathered_rank, args=(str(tmp_path / "init"), audio, text, 2.0, str(tmp_path / "rank")),
-                       nprocs=2, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank.{r}") for r in range(2)]
-    full_audio, full_text = audio.clone().requires_grad_(True), text.clone().requires_grad_(True)
-    full = clip_loss(full_audio, full_text, torch.tensor(2.0))
-    full.backward()
-    full = full.detach()
-    for rank, result in enumerate(ranks):
-        assert float(result["loss"]) == pytest.approx(float(full), rel=1e-6)  # every rank: the 8 x 8 matrix
-        # the gradient reaches only the rank's own rows, and there it is the full-batch gradient
-        assert torch.allclose(result["audio_grad"], full_audio.grad[SHARDS[rank]], atol=1e-6)
-        assert torch.allclose(result["text_grad"], full_text.grad[SHARDS[rank]], atol=1e-6)
-
-
 def tiny_model(**overrides):
     from maskssl_fairseq.models.m2d_clap import M2DClapConfig, M2DClapModel
 
@@ -93,6 +56,110 @@ def tiny_model(**overrides):
     model = M2DClapModel.build_model(cfg)
     model.frontend.set_norm_stats(-7.1, 4.2)
     return model.train()
+
+
+CLAP_WEIGHT = 0.5  # large enough for the CLAP term to weigh in the encoder's gradient
+SPLITS = {"even": (slice(0, 4), slice(4, 8)), "uneven": (slice(0, 5), slice(5, 8))}  # the last batches of an epoch
+
+
+def clap_batch():
+    """8 tone clips and their 48-d caption vectors (48: the model projects them, so text_proj learns too)."""
+    generator = torch.Generator().manual_seed(3)
+    time = torch.arange(207 * 160) / 16000
+    clips = torch.stack([torch.sin(2 * math.pi * f * time) for f in (200, 350, 500, 700, 900, 1500, 2500, 4000)])
+    return clips + 0.01 * torch.randn(clips.shape, generator=generator), torch.randn(8, 48, generator=generator)
+
+
+def official_clap_loss(audio, text, logit_scale):
+    """M2D-CLAP's ClipLoss as the official code computes it (m2d-clap.md section 3): both sides L2-normalised,
+    on several processes all-gathered with this rank's own rows put back, so that only they carry a gradient;
+    logits exp(logit_scale) A T^T over the global batch; the mean of the two directions' cross-entropies."""
+    import torch.distributed as dist
+
+    audio, text = F.normalize(audio, dim=-1), F.normalize(text, dim=-1)
+    if dist.is_initialized():
+        gathered = []
+        for side in (audio, text):
+            rows = [torch.zeros_like(side) for _ in range(dist.get_world_size())]
+            dist.all_gather(rows, side.detach())
+            rows[dist.get_rank()] = side
+            gathered.append(torch.cat(rows))
+        audio, text = gathered
+    logits = logit_scale.exp() * audio @ text.t()
+    targets = torch.arange(logits.shape[0])
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def clap_gradients(rows: slice, official: bool, world: int = 1) -> dict:
+    """The gradients of one update on the clips ``rows`` of :func:`clap_batch` on this process, reduced over the
+    ``world`` processes as the trainer does: ours as fairseq (gradients and sample sizes summed over the ranks,
+    then divided), the official loss as torch's DDP (the ranks' gradients averaged). Every process draws the
+    masks the whole batch would give its rows in one process, so that the layouts train on the same masks."""
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    model = tiny_model(clap_weight=CLAP_WEIGHT, caption_embed_dim=48, masking="random")
+    clips, captions = clap_batch()
+    torch.manual_seed(1)
+    torch.rand(rows.start, model.encoder.num_patches)  # the random mask draws a [B, patches] uniform matrix
+    if official:
+        output, encoded = model.masked_forward(clips[rows])
+        clap = official_clap_loss(model.audio_proj(encoded[:, 1:]), model.caption_features(captions[rows]),
+                                  model.logit_scale)
+        (output["losses"]["m2d"] / output["sample_size"] + CLAP_WEIGHT * clap).backward()
+    else:
+        output = model(clips[rows], caption_embedding=captions[rows])
+        sum(output["losses"].values()).backward()
+        clap = output["losses"]["clap"].detach() / output["sample_size"] / CLAP_WEIGHT
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    divisor = torch.tensor(float(world if official else output["sample_size"]))
+    if world > 1:
+        for grad in grads.values():
+            dist.all_reduce(grad)
+        if not official:
+            dist.all_reduce(divisor)
+    return {"clap": float(clap.detach()), **{name: grad / divisor for name, grad in grads.items()}}
+
+
+def _clap_rank(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    layouts = {f"ours {split}": clap_gradients(shards[rank], official=False, world=2)
+               for split, shards in SPLITS.items()}
+    layouts["official"] = clap_gradients(SPLITS["even"][rank], official=True, world=2)
+    torch.save(layouts, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_clap_update_is_the_global_batch_loss_s_on_1_and_2_processes(tmp_path):
+    """Ours, on one process and on two (gloo) with an even and an uneven split: every parameter's gradient is
+    the official loss's on one process, L_M2D + clap_weight x L_CLAP of the whole batch. The official code on
+    two processes gives the projectors (and the encoder's CLAP part) half of it: its ranks' rows get their
+    gradient from their own copy of the loss only, and DDP averages the copies."""
+    one = {"ours": clap_gradients(slice(0, 8), official=False), "official": clap_gradients(slice(0, 8), official=True)}
+    # spawned, not forked: a fork of this multi-threaded process can deadlock in torch's thread pools
+    mp.start_processes(_clap_rank, args=(str(tmp_path / "init"), str(tmp_path / "rank")), nprocs=2,
+                       start_method="spawn")
+    two = [torch.load(tmp_path / f"rank.{rank}") for rank in range(2)]
+    reference = one["official"]
+    parameters = [name for name in reference if name != "clap"]
+    assert {"audio_proj.mlp.0.weight", "text_proj.weight", "logit_scale", "encoder.blocks.0.mlp.fc1.weight"} <= set(
+        parameters)
+
+    def same(grads, name, scale=1.0):
+        return float((grads[name] - scale * reference[name]).abs().max()) <= 1e-5 * float(reference[name].abs().max())
+
+    assert all(same(one["ours"], name) for name in parameters)
+    for rank in range(2):
+        for layout in ("ours even", "ours uneven"):
+            assert two[rank][layout]["clap"] == pytest.approx(one["ours"]["clap"], rel=1e-6)  # the 8 x 8 matrix
+            assert [name for name in parameters if not same(two[rank][layout], name)] == [], (rank, layout)
+    official = two[0]["official"]
+    for name in ("audio_proj.mlp.0.weight", "audio_proj.mlp.2.bias", "text_proj.weight"):  # CLAP-only parameters
+        assert same(official, name, scale=0.5)
+    assert same(official, "logit_scale") and not same(official, "encoder.blocks.0.mlp.fc1.weight")
 
 
 def test_logit_scale_is_learned_and_clamped():

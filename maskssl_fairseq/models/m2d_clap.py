@@ -77,8 +77,10 @@ class M2DClapModel(M2DModel):
         output, encoded = self.masked_forward(source)
         audio = self.audio_proj(encoded[:, 1:])
         clap = clip_loss(audio, self.caption_features(caption_embedding), self.logit_scale)
-        # fairseq divides the summed losses by sample_size (M2D's masked-token count): scaling the batch-mean
-        # CLAP loss by it keeps the total at L_M2D + clap_weight * L_CLAP
+        # fairseq divides the summed losses by sample_size (M2D's masked-token count, the same for every clip):
+        # scaling the batch-mean CLAP loss by it keeps the total at L_M2D + clap_weight * L_CLAP, on several
+        # processes too, where it weights each rank's copy of the global-batch loss by its share of the clips,
+        # as clip_loss's gradient expects
         output["losses"]["clap"] = self.cfg.clap_weight * clap * output["sample_size"]
         output["logit_scale"] = self.logit_scale.detach()  # the log of the scale, as clamped
         return output

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.modules import GradMultiply
 from timm.models.vision_transformer import Block
 
 from .spectrogram_vit import init_weights
@@ -72,9 +73,16 @@ def clip_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     """Symmetric InfoNCE of paired ``audio [B, D]`` and ``text [B, D]``: both L2-normalised, logits
     ``exp(logit_scale) * A T^T``, the mean of the audio->text and text->audio cross-entropies with the pairs
     on the diagonal. Under distributed training both sides are gathered over every rank first, so every
-    rank scores the whole global batch."""
+    rank scores the whole global batch of ``B`` rows, and the gradient reaches only this rank's own ``b`` rows,
+    multiplied by ``B / b``: weighted by this rank's share ``b / B`` and summed over the ranks, as fairseq
+    treats a loss scaled by the rank's sample size, every row then gets the global-batch loss's gradient and the
+    logit scale its gradient once, so the update does not depend on how the batch is split. (Without the
+    factor, as in the official code, whose ranks' gradients DDP averages, the rows get ``1 / world size`` of it.)"""
+    own_rows = audio.shape[0]
     audio = gather_with_local_grad(F.normalize(audio.float(), dim=-1))
     text = gather_with_local_grad(F.normalize(text.float(), dim=-1))
+    if audio.shape[0] != own_rows:
+        audio, text = (GradMultiply.apply(side, audio.shape[0] / own_rows) for side in (audio, text))
     logits = logit_scale.float().exp() * audio @ text.t()
     targets = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))

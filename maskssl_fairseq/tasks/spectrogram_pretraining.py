@@ -23,6 +23,7 @@ import soundfile
 import torch
 import torchaudio
 from fairseq.data import FairseqDataset
+from fairseq.distributed import utils as distributed_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
@@ -190,19 +191,33 @@ class SpectrogramPretrainingTask(FairseqTask):
 
     @torch.no_grad()
     def measure_norm_stats(self, frontend) -> Tuple[float, float]:
-        """Mean and std of the log-mel values of up to ``norm_sample_size`` random training crops."""
+        """Mean and std of the log-mel values of up to ``norm_sample_size`` random training crops, in batches of
+        32. Under distributed training each rank reads every world-size-th batch and the ranks exchange the
+        batches' sums, which every rank then adds in one process's order: the same statistics to the last bit,
+        with each clip read once on the node instead of once per rank."""
         manifest = Path(self.cfg.data) / f"{self.cfg.train_subset}.tsv"
         dataset = WaveformCropDataset(manifest, self.cfg.sample_rate, self.crop_samples, self.cfg.seed,
                                       random_crop=True, shuffle=False)
         picked = np.random.default_rng(self.cfg.seed).permutation(len(dataset))[: self.cfg.norm_sample_size]
+        batches = [picked[start:start + 32] for start in range(0, len(picked), 32)]
+        world = distributed_utils.get_data_parallel_world_size()  # 1 when torch.distributed is not initialised
+        rank = distributed_utils.get_data_parallel_rank() if world > 1 else 0
+        sums = torch.zeros(len(batches), 3, dtype=torch.float64)  # sum, sum of squares, count; 0 where not read
+        for index in range(rank, len(batches), world):
+            values = frontend.log_mel(torch.stack([dataset.crop(int(i), epoch=0) for i in batches[index]])).double()
+            sums[index] = torch.stack([values.sum(), values.square().sum(), values.new_tensor(values.numel())])
+        if world > 1:  # each entry has one non-zero term: the all-reduce adds zeros, exactly
+            nccl = torch.distributed.get_backend(distributed_utils.get_data_parallel_group()) == "nccl"
+            sums = distributed_utils.all_reduce(sums.cuda() if nccl else sums,
+                                                distributed_utils.get_data_parallel_group()).cpu()
         total = total_sq = count = 0.0
-        for start in range(0, len(picked), 32):
-            batch = torch.stack([dataset.crop(int(i), epoch=0) for i in picked[start:start + 32]])
-            values = frontend.log_mel(batch).double()
-            total, total_sq, count = total + values.sum().item(), total_sq + values.square().sum().item(), count + values.numel()
+        for batch_sum, batch_sq, batch_count in sums.tolist():
+            total, total_sq, count = total + batch_sum, total_sq + batch_sq, count + batch_count
         mean = total / count
         std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
-        logger.info(f"log-mel mean {mean:.4f}, std {std:.4f} from {len(picked)} clips of {manifest}")
+        logger.info(f"log-mel mean {mean:.4f}, std {std:.4f} from {len(picked)} clips of {manifest}"
+                    + (f", {len(range(rank, len(batches), world))} of their {len(batches)} batches read by this rank"
+                       if world > 1 else ""))
         return mean, std
 
     @property
