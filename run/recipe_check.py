@@ -25,6 +25,7 @@ teachers are random tiny HuBERT / WavLM files (``examples/armhubert/make_random_
 """
 
 import argparse
+import io
 import logging
 import math
 import shutil
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -44,6 +45,7 @@ sys.path[:0] = [str(REPO / "manifests"), str(EXAMPLES / "m2d_clap"), str(EXAMPLE
 
 UPDATES = 2
 BF16_TOLERANCE = 0.02
+VERBOSE = False
 DEMO_MINUTES = ["--pretrain-minutes", "0.5", "--train-10m-minutes", "0.3", "--train-1h-minutes", "0.3",
                 "--dev-minutes", "0.1", "--test-minutes", "0.1"]
 TINY_TEACHER = ["--layers", "2", "--dim", "64", "--ffn", "128", "--heads", "4", "--conv-dim", "32", "--conv-pos", "16",
@@ -60,7 +62,8 @@ SIZES: Dict[str, Dict[str, object]] = {
     "armhubert": {"teacher_embed_dim": 64, "encoder_layers": 2, "encoder_embed_dim": 48, "encoder_ffn_embed_dim": 96,
                   "encoder_attention_heads": 4, "conv_pos": 16, "conv_pos_groups": 4,
                   "conv_feature_layers": "[(16, 10, 5)] + [(32, 1, 1)] + [(32, 3, 2)] * 4 + [(48, 1, 1)] + [(48, 2, 2)] * 2"},
-    "data2vec_multi_eh_mam": {"embed_dim": 96, "num_heads": 4, "depth": 1, "prenet_depth": 1, "average_top_k_layers": 1,
+    # 256 wide: fine-tuning's channel masks (mask_channel_length 64 at probability 0.25) need >= 1 span
+    "data2vec_multi_eh_mam": {"embed_dim": 256, "num_heads": 4, "depth": 1, "prenet_depth": 1, "average_top_k_layers": 1,
                               "feature_encoder_spec": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",
                               "conv_pos_depth": 2, "conv_pos_width": 38, "conv_pos_groups": 8, "decoder_dim": 32,
                               "decoder_groups": 8, "decoder_layers": 1},
@@ -77,9 +80,11 @@ EAT_SIZES = {"task.crop_frames": 256, "task.crop_samples": 40000, "dataset.batch
 
 
 def recipes(only: Optional[str] = None) -> List[Path]:
-    """The paper-scale yamls: all but the tiny and demo configs and the tiny teacher."""
+    """The paper-scale yamls: all but the tiny and demo configs and the tiny teacher; ``only``: comma-separated
+    parts of their paths under ``examples/``."""
     found = sorted(p for p in EXAMPLES.glob("*/*.yaml") if "tiny" not in p.stem and "demo" not in p.stem)
-    return [p for p in found if only is None or only in str(p.relative_to(EXAMPLES))]
+    parts = only.split(",") if only else [""]
+    return [p for p in found if any(part in str(p.relative_to(EXAMPLES)) for part in parts)]
 
 
 def producer_first(paths: List[Path]) -> List[Path]:
@@ -151,6 +156,17 @@ class CheckData:
         return self._teachers[kind]
 
 
+def pretrained_model(cfg: dict) -> Optional[str]:
+    """The model whose checkpoint a fine-tuning recipe starts from: EAT for the spectrogram classifier, EH-MAM
+    for CTC on normalised audio (what data2vec 2.0 / EH-MAM read), fairseq's wav2vec 2.0 on raw audio."""
+    model = cfg["model"]["_name"]
+    if model == "spectrogram_classifier":
+        return "eat"
+    if model == "wav2vec_ctc":
+        return "data2vec_multi_eh_mam" if cfg["task"].get("normalize") else "wav2vec2"
+    return None
+
+
 def size_overrides(cfg: dict, data: CheckData, updates: int) -> List[str]:
     model, task = cfg["model"]["_name"], cfg["task"]["_name"]
     if model not in SIZES:
@@ -163,10 +179,9 @@ def size_overrides(cfg: dict, data: CheckData, updates: int) -> List[str]:
     if model == "armhubert":
         out["model.teacher_path"] = data.teacher(cfg["model"].get("teacher_type", "hubert"))
     if model == "spectrogram_classifier":
-        out["model.pretrained_path"] = data.checkpoints["eat"]
+        out["model.pretrained_path"] = data.checkpoints[pretrained_model(cfg)]
     if model == "wav2vec_ctc":
-        pretrained = "data2vec_multi_eh_mam" if cfg["task"].get("normalize") else "wav2vec2"
-        out["model.w2v_path"] = data.checkpoints[pretrained]
+        out["model.w2v_path"] = data.checkpoints[pretrained_model(cfg)]
     # steps: the number of updates, and every warm-up or schedule length within it
     out["optimization.max_update"] = updates
     scheduler = cfg.get("lr_scheduler")
@@ -202,6 +217,7 @@ class Run:
         self.losses: List[float] = []
         self.optimizer = ""
         self.loss_scale: Optional[float] = None
+        self.skipped = 0
 
 
 @contextmanager
@@ -221,17 +237,27 @@ def observed(run: Run, cpu_grad_scaler: bool):
         run.optimizer = " + ".join(type(o).__name__ for o in (optimizer, getattr(optimizer, "fp32_optimizer", None))
                                    if o is not None)
         output = fairseq_train_step(trainer, samples, raise_oom)
-        if output is not None:
+        if output is None:  # fp16: the scaled gradients overflowed, the scale halves and the update is skipped
+            run.skipped += 1
+        else:
             run.losses.append(float(output["loss"]))
         scaler = getattr(optimizer, "scaler", None)
         run.loss_scale = float(scaler.get_scale() if hasattr(scaler, "get_scale") else getattr(scaler, "loss_scale", 0))
         return output
 
     Trainer.train_step = train_step
+    cuda_device, to_cuda = torch.cuda.current_device, torch.Tensor.cuda
+    if not torch.cuda.is_available():
+        # fairseq's CUDA-only lines, on CPU: its flattened fp16 master copy is keyed by
+        # ``torch.cuda.current_device()`` and matched with each parameter's ``device.index`` (None on CPU), and
+        # an fp16 update whose scaled gradients overflow is skipped with a zero norm made by ``.cuda()``
+        torch.cuda.current_device = lambda: None
+        torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor
     try:
         yield
     finally:
         Trainer.train_step = fairseq_train_step
+        torch.cuda.current_device, torch.Tensor.cuda = cuda_device, to_cuda
 
 
 def train(config: Path, overrides: List[str], run_dir: Path, *, cpu_grad_scaler: bool = True) -> Run:
@@ -250,8 +276,8 @@ def train(config: Path, overrides: List[str], run_dir: Path, *, cpu_grad_scaler:
             "++distributed_training.distributed_world_size=1", *overrides,
         ])
     run = Run()
-    with observed(run, cpu_grad_scaler):
-        _hydra_main(cfg)
+    with observed(run, cpu_grad_scaler), redirect_stdout(sys.stdout if VERBOSE else io.StringIO()):
+        _hydra_main(cfg)  # (fairseq prints a fine-tuned model's encoder)
     return run
 
 
@@ -267,23 +293,20 @@ def check(config: Path, data: CheckData, updates: int, tolerance: float) -> dict
     run_dir = data.root / "runs" / name
     model = cfg["model"]["_name"]
     produces = model in ("eat", "data2vec_multi_eh_mam") and model not in data.checkpoints
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     as_written = train(config, overrides + ([] if produces else ["checkpoint.no_save=true"]), run_dir)
     if produces:
         data.checkpoints[model] = run_dir / "checkpoint_last.pt"
     result = {"recipe": name, "precision": precision_of(cfg), "optimizer": as_written.optimizer,
-              "losses": as_written.losses, "loss_scale": as_written.loss_scale}
+              "losses": as_written.losses, "loss_scale": as_written.loss_scale, "skipped": as_written.skipped}
     result["trains"] = len(as_written.losses) == updates and all(map(math.isfinite, as_written.losses))
     if result["precision"] != "fp32":
         off = [f"++{flag}=false" for flag in PRECISION_FLAGS]
-        compare = updates if model != "wav2vec_ctc" else 1  # update 2 starts from different fp16 / fp32 weights
-        fp32 = train(config, overrides + off + [f"optimization.max_update={compare}", "checkpoint.no_save=true"],
-                     run_dir / "fp32").losses
-        bf16 = train(config, overrides + off + ["++common.bf16=true", f"optimization.max_update={compare}",
-                                                "checkpoint.no_save=true"], run_dir / "bf16").losses
+        fp32 = train(config, overrides + off + ["checkpoint.no_save=true"], run_dir / "fp32").losses
+        bf16 = train(config, overrides + off + ["++common.bf16=true", "checkpoint.no_save=true"], run_dir / "bf16").losses
         result.update(fp32=fp32, bf16=bf16, bf16_gap=relative_gap(bf16, fp32))
-        result["bf16_ok"] = len(bf16) == len(fp32) == compare and result["bf16_gap"] <= tolerance
-    result["seconds"] = time.time() - started
+        result["bf16_ok"] = len(bf16) == len(fp32) == updates and result["bf16_gap"] <= tolerance
+    result["seconds"], result["cpu_seconds"] = time.time() - started, time.process_time() - cpu
     return result
 
 
@@ -291,11 +314,13 @@ def line(result: dict, tolerance: float) -> str:
     losses = " ".join(f"{x:.4f}" for x in result["losses"])
     text = (f"{result['recipe']:<28} {result['precision']:<5} {result['optimizer']:<40} "
             f"{'trains' if result['trains'] else 'FAILS'} {len(result['losses'])} updates, loss {losses}")
+    if result["skipped"]:
+        text += f" (after {result['skipped']} overflow skips, loss scale {result['loss_scale']:g})"
     if "bf16_gap" in result:
         verdict = "within" if result["bf16_ok"] else "NOT within"
         text += (f"; bf16 vs fp32 update 1: {result['bf16'][0]:.4f} / {result['fp32'][0]:.4f}, largest gap "
                  f"{100 * result['bf16_gap']:.2f}% ({verdict} {100 * tolerance:g}%)")
-    return text + f" [{result['seconds']:.1f} s]"
+    return text + f" [{result['seconds']:.1f} s, CPU {result['cpu_seconds']:.1f} s]"
 
 
 def make_corpus(root: Path) -> Path:
@@ -308,7 +333,8 @@ def make_corpus(root: Path) -> Path:
 def main(argv=None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="demo corpus manifests (manifests/demo_corpus.py); made if absent")
-    parser.add_argument("--only", help="recipes whose path under examples/ contains this, e.g. eat or m2d/m2d_dwm")
+    parser.add_argument("--only", help="recipes whose path under examples/ contains one of these (comma-separated), "
+                                       "e.g. eat or m2d/m2d_dwm,armhubert/armhubert.yaml")
     parser.add_argument("--updates", type=int, default=UPDATES)
     parser.add_argument("--bf16-tolerance", type=float, default=BF16_TOLERANCE,
                         help="largest relative gap of the bf16 losses to the fp32 ones")
@@ -318,6 +344,8 @@ def main(argv=None) -> List[dict]:
     import torch
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
+    global VERBOSE
+    VERBOSE = args.verbose
     if not args.verbose:
         logging.disable(logging.WARNING)
         warnings.filterwarnings("ignore")
@@ -326,11 +354,12 @@ def main(argv=None) -> List[dict]:
         root = Path(tmp)
         data = CheckData(args.data or make_corpus(root), root)
         selected = producer_first(recipes(args.only))
-        needs = {read_yaml(p)["model"]["_name"] for p in selected}
-        if "wav2vec_ctc" in needs and any(not read_yaml(p)["task"].get("normalize") for p in selected):
+        needs = {pretrained_model(read_yaml(p)) for p in selected} - {None}
+        models = {read_yaml(p)["model"]["_name"] for p in selected}
+        if "wav2vec2" in needs:
             data.checkpoints["wav2vec2"] = wav2vec2_checkpoint(data)
-        for name, model in (("eat/eat_base_as2m", "spectrogram_classifier"), ("eh_mam/base_librispeech", "wav2vec_ctc")):
-            if model in needs and not any(name in str(p) for p in selected):
+        for name, model in (("eat/eat_base_as2m", "eat"), ("eh_mam/base_librispeech", "data2vec_multi_eh_mam")):
+            if model in needs and model not in models:
                 selected.insert(0, EXAMPLES / f"{name}.yaml")  # the pretraining run the fine-tuning needs
         for config in selected:
             result = check(config, data, args.updates, args.bf16_tolerance)
@@ -350,7 +379,7 @@ def wav2vec2_checkpoint(data: CheckData) -> Path:
     run_dir = data.root / "runs" / "wav2vec2"
     train(EXAMPLES / "wav2vec2" / "tiny.yaml", [
         f"task.data={data.renamed('pretrain')}", "optimization.max_update=1", "model.encoder_layers=1",
-        "model.encoder_embed_dim=96", "model.encoder_ffn_embed_dim=192",
+        "model.encoder_embed_dim=256", "model.encoder_ffn_embed_dim=256",
         f"model.conv_feature_layers={quoted('[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2')}", "model.conv_pos=16",
         "task.max_sample_size=48000", "dataset.max_tokens=100000",
     ], run_dir)
