@@ -1,4 +1,4 @@
-"""Three fixes to fairseq's mixed-precision optimizer wrappers, so that ``common.amp`` and ``common.fp16`` train
+"""Four fixes to fairseq's mixed-precision optimizer wrappers, so that ``common.amp`` and ``common.fp16`` train
 as the paper recipes are written (fairseq's ``composite`` optimizer, one AdamW per parameter group).
 
 1. **AMP unscaled the gradients twice.** ``AMPOptimizer.clip_grad_norm`` (which fairseq's trainer calls on every
@@ -9,7 +9,9 @@ as the paper recipes are written (fairseq's ``composite`` optimizer, one AdamW p
 2. **The composite optimizer had no ``param_groups``** on its inner torch optimizer (``CompositeOptimizer``
    never calls ``torch.optim.Optimizer.__init__``), which AMP's ``zero_grad`` and the scaler read: it gets
    its sub-optimizers' groups.
-3. **fp16 flattened the composite optimizer's parameters** into one tensor, which loses the group each
+3. **amp together with bf16** (or fp16) cast the model and stepped its half-precision weights directly, with
+   no fp32 master copy: refused, naming the fix.
+4. **fp16 flattened the composite optimizer's parameters** into one tensor, which loses the group each
    parameter belongs to ("Composite optimizer only works when there are multiple parameter groups"): a
    composite optimizer keeps one fp32 master copy per parameter (``common.fp16_no_flatten_grads=true``).
 
@@ -41,6 +43,19 @@ def _step_the_unscaled_optimizer(self):
 
 
 AMPOptimizer.step = _step_the_unscaled_optimizer
+
+_fairseq_amp_build_optimizer = AMPOptimizer.build_optimizer.__func__
+
+
+def _build_amp_optimizer(cls, cfg, params, **kwargs):
+    if cfg.common.bf16 or cfg.common.fp16:
+        raise ValueError("common.amp=true with common.bf16=true or common.fp16=true: fairseq casts the model and "
+                         "AMP then steps the half-precision weights themselves, without fp32 master copies. For "
+                         "bf16 set common.amp=false common.bf16=true; for AMP leave common.bf16 and common.fp16 false")
+    return _fairseq_amp_build_optimizer(cls, cfg, params, **kwargs)
+
+
+AMPOptimizer.build_optimizer = classmethod(_build_amp_optimizer)
 
 _fairseq_fp16_build_optimizer = FP16Optimizer.build_optimizer.__func__
 

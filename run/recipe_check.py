@@ -96,6 +96,11 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def quiet():
+    """What the tools and fairseq print (a fine-tuned model's encoder, file summaries), unless ``--verbose``."""
+    return redirect_stdout(sys.stdout if VERBOSE else io.StringIO())
+
+
 class CheckData:
     """The data every recipe reads, from a demo corpus: each recipe's train subset name, captions, labels."""
 
@@ -131,8 +136,9 @@ class CheckData:
             out.mkdir(parents=True)
             for suffix in (".tsv", ".wrd"):
                 shutil.copy(self.corpus / f"pretrain{suffix}", out / f"{subset}{suffix}")
-            demo_captions.main(["--manifests", str(out), "--splits", subset])
-            caption_embeddings.main(["--data", str(out), "--split", subset, "--encoder", "bow", "--bow-dim", "64"])
+            with quiet():
+                demo_captions.main(["--manifests", str(out), "--splits", subset])
+                caption_embeddings.main(["--data", str(out), "--split", subset, "--encoder", "bow", "--bow-dim", "64"])
         return out
 
     def classification(self, multi_label: bool, subset: str) -> Path:
@@ -151,7 +157,8 @@ class CheckData:
 
             path = self.root / "teachers" / f"{kind}.pt"
             path.parent.mkdir(exist_ok=True)
-            make_random_teacher(["--kind", kind, "--out", str(path), *TINY_TEACHER])
+            with quiet():
+                make_random_teacher(["--kind", kind, "--out", str(path), *TINY_TEACHER])
             self._teachers[kind] = path
         return self._teachers[kind]
 
@@ -276,7 +283,7 @@ def train(config: Path, overrides: List[str], run_dir: Path, *, cpu_grad_scaler:
             "++distributed_training.distributed_world_size=1", *overrides,
         ])
     run = Run()
-    with observed(run, cpu_grad_scaler), redirect_stdout(sys.stdout if VERBOSE else io.StringIO()):
+    with observed(run, cpu_grad_scaler), quiet():
         _hydra_main(cfg)  # (fairseq prints a fine-tuned model's encoder)
     return run
 
@@ -326,7 +333,8 @@ def line(result: dict, tolerance: float) -> str:
 def make_corpus(root: Path) -> Path:
     from demo_corpus import main as demo_corpus
 
-    demo_corpus(["--out", str(root / "demo"), "--seed", "7", *DEMO_MINUTES])
+    with quiet():
+        demo_corpus(["--out", str(root / "demo"), "--seed", "7", *DEMO_MINUTES])
     return root / "demo" / "manifests"
 
 

@@ -22,7 +22,7 @@ def fairseq_cfg(optimizer: dict, **common):
     return OmegaConf.create({
         "common": {"fp16_init_scale": 128, "min_loss_scale": 1e-4, "fp16_scale_window": None,
                    "fp16_scale_tolerance": 0.0, "threshold_loss_scale": None, "fp16_no_flatten_grads": False,
-                   "bf16": False, "model_parallel_size": 1, **common},
+                   "bf16": False, "fp16": False, "model_parallel_size": 1, **common},
         "optimization": {"lr": [1.0], "update_freq": [1]},
         "distributed_training": {"distributed_world_size": 1},
         "optimizer": optimizer,
@@ -140,3 +140,9 @@ def test_clap_logits_are_fp32_under_autocast():
     targets = torch.arange(16)
     rounded = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
     assert not torch.allclose(rounded, exact, atol=1e-4)
+
+
+def test_amp_with_bf16_is_refused():
+    params = [torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))]
+    with pytest.raises(ValueError, match="common.amp=false common.bf16=true"):
+        optim.AMPOptimizer.build_optimizer(fairseq_cfg(SGD, bf16=True, fp16=False), params)
