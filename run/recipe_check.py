@@ -76,6 +76,7 @@ TASK_SIZES: Dict[str, Dict[str, object]] = {
     "audio_pretraining": {"task.max_sample_size": 48000, "task.min_sample_size": 8000, "dataset.max_tokens": 100000},
     "audio_finetuning": {"dataset.max_tokens": 100000},
 }
+PADDED_MAX_TOKENS = 200000  # above the longest demo-corpus utterance (about 6 s)
 EAT_SIZES = {"task.crop_frames": 256, "task.crop_samples": 40000, "dataset.batch_size": 2}  # 16 clones each
 
 
@@ -180,6 +181,8 @@ def size_overrides(cfg: dict, data: CheckData, updates: int) -> List[str]:
         raise KeyError(f"recipe_check has no size overrides for model {model!r}: add them to SIZES")
     out = {f"model.{key}": value for key, value in SIZES[model].items()}
     out.update(EAT_SIZES if model == "eat" else TASK_SIZES[task])
+    if cfg["task"].get("enable_padding"):  # whole utterances, padded: batches count them uncropped
+        out["dataset.max_tokens"] = PADDED_MAX_TOKENS
     if "reuse_attention" in cfg["model"]:  # the first layers' pattern, e.g. [False, True] of [False, True] * 6
         layers = SIZES[model]["encoder_layers"]
         out["model.reuse_attention"] = str(eval(cfg["model"]["reuse_attention"])[:layers])
