@@ -12,9 +12,11 @@ rest stay as the yaml has them. On CPU:
 - ``common.amp``: fairseq's ``AMPOptimizer`` (scaled backward, unscale and clip, scaler step) with a CPU
   ``torch.amp.GradScaler`` at fairseq's initial scale (fairseq's own is a CUDA scaler, disabled on CPU); the
   forward runs in fp32, as fairseq's CUDA autocast does not act on CPU.
-- ``common.fp16``: fairseq's ``FP16Optimizer`` over the model cast to fp16 (``model.half()``), its dynamic
-  loss scaler and fp32 master copies (unflattened: flattening calls ``.cuda()``; the composite optimizer
-  never flattens, ``maskssl_fairseq/mixed_precision.py``).
+- ``common.fp16``: fairseq's ``FP16Optimizer`` over the model cast with ``model.half()``: its dynamic loss scale
+  (an update whose scaled gradients overflow is skipped and the scale halved) and its fp32 master copies,
+  flattened where the yaml says so (the composite optimizer keeps one per parameter,
+  ``maskssl_fairseq/mixed_precision.py``). fairseq's two CUDA-only lines on that path run on CPU here: the flat
+  copy is keyed by the CUDA device index (None on CPU) and a skipped update's zero norm is made with ``.cuda()``.
 - a mixed-precision recipe also runs in fp32 (all precision flags off) and in ``common.bf16``; their losses
   over the first updates must agree within ``--bf16-tolerance`` (relative).
 
@@ -41,7 +43,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-sys.path[:0] = [str(REPO / "manifests"), str(EXAMPLES / "m2d_clap"), str(EXAMPLES / "armhubert")]
+sys.path[:0] = [str(REPO), str(REPO / "manifests"), str(EXAMPLES / "m2d_clap"), str(EXAMPLES / "armhubert")]
 
 UPDATES = 2
 BF16_TOLERANCE = 0.02
@@ -231,7 +233,7 @@ class Run:
 
 
 @contextmanager
-def observed(run: Run, cpu_grad_scaler: bool):
+def observed(run: Run):
     """Records each update's loss and the optimizer; under amp, gives fairseq's AMPOptimizer a CPU GradScaler
     (fairseq's ``torch.cuda.amp.GradScaler`` is disabled on CPU, so it would neither scale nor unscale)."""
     import torch
@@ -242,7 +244,7 @@ def observed(run: Run, cpu_grad_scaler: bool):
 
     def train_step(trainer, samples, raise_oom=False):
         optimizer = trainer.optimizer
-        if cpu_grad_scaler and isinstance(optimizer, AMPOptimizer) and not optimizer.scaler.is_enabled():
+        if isinstance(optimizer, AMPOptimizer) and not optimizer.scaler.is_enabled():
             optimizer._grad_scaler = torch.amp.GradScaler("cpu", init_scale=trainer.cfg.common.fp16_init_scale)
         run.optimizer = " + ".join(type(o).__name__ for o in (optimizer, getattr(optimizer, "fp32_optimizer", None))
                                    if o is not None)
@@ -270,7 +272,7 @@ def observed(run: Run, cpu_grad_scaler: bool):
         torch.cuda.current_device, torch.Tensor.cuda = cuda_device, to_cuda
 
 
-def train(config: Path, overrides: List[str], run_dir: Path, *, cpu_grad_scaler: bool = True) -> Run:
+def train(config: Path, overrides: List[str], run_dir: Path) -> Run:
     """One run of ``config`` through fairseq's hydra entry (``fairseq_cli.hydra_train._hydra_main``)."""
     from fairseq.dataclass.initialize import hydra_init
     from fairseq_cli.hydra_train import _hydra_main
@@ -286,7 +288,7 @@ def train(config: Path, overrides: List[str], run_dir: Path, *, cpu_grad_scaler:
             "++distributed_training.distributed_world_size=1", *overrides,
         ])
     run = Run()
-    with observed(run, cpu_grad_scaler), quiet():
+    with observed(run), quiet():
         _hydra_main(cfg)  # (fairseq prints a fine-tuned model's encoder)
     return run
 
