@@ -31,11 +31,12 @@ import io
 import logging
 import math
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -99,9 +100,14 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+@contextmanager
 def quiet():
     """What the tools and fairseq print (a fine-tuned model's encoder, file summaries), unless ``--verbose``."""
-    return redirect_stdout(sys.stdout if VERBOSE else io.StringIO())
+    if VERBOSE:
+        yield
+        return
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        yield
 
 
 class CheckData:
@@ -327,7 +333,9 @@ def line(result: dict, tolerance: float) -> str:
     text = (f"{result['recipe']:<28} {result['precision']:<5} {result['optimizer']:<40} "
             f"{'trains' if result['trains'] else 'FAILS'} {len(result['losses'])} updates, loss {losses}")
     if result["skipped"]:
-        text += f" (after {result['skipped']} overflow skips, loss scale {result['loss_scale']:g})"
+        text += f" after {result['skipped']} overflow skips"
+    if result["loss_scale"]:
+        text += f" (loss scale {result['loss_scale']:g})"
     if "bf16_gap" in result:
         verdict = "within" if result["bf16_ok"] else "NOT within"
         text += (f"; bf16 vs fp32 update 1: {result['bf16'][0]:.4f} / {result['fp32'][0]:.4f}, largest gap "
@@ -336,10 +344,12 @@ def line(result: dict, tolerance: float) -> str:
 
 
 def make_corpus(root: Path) -> Path:
-    from demo_corpus import main as demo_corpus
-
-    with quiet():
-        demo_corpus(["--out", str(root / "demo"), "--seed", "7", *DEMO_MINUTES])
+    """A small espeak-ng demo corpus (``manifests/demo_corpus.py``: 8 utterances a split)."""
+    cmd = [sys.executable, str(REPO / "manifests" / "demo_corpus.py"), "--out", str(root / "demo"), "--seed", "7",
+           *DEMO_MINUTES]
+    made = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if made.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{made.stdout}")
     return root / "demo" / "manifests"
 
 
