@@ -1,4 +1,4 @@
-"""Four fixes to fairseq's mixed-precision optimizer wrappers, so that ``common.amp`` and ``common.fp16`` train
+"""Five fixes to fairseq's mixed-precision optimizer wrappers, so that ``common.amp`` and ``common.fp16`` train
 as the paper recipes are written (fairseq's ``composite`` optimizer, one AdamW per parameter group).
 
 1. **AMP unscaled the gradients twice.** ``AMPOptimizer.clip_grad_norm`` (which fairseq's trainer calls on every
@@ -15,6 +15,11 @@ as the paper recipes are written (fairseq's ``composite`` optimizer, one AdamW p
    parameter belongs to ("Composite optimizer only works when there are multiple parameter groups"): a
    composite optimizer keeps one fp32 master copy per parameter (``common.fp16_no_flatten_grads=true``).
 
+5. **The spectrogram models' waveforms were rounded** to bf16 / fp16 with the rest of the batch before their
+   fp32 front end saw them: the rounding noise (about 48 dB under the signal in bf16) lifts the quiet log-mel
+   bins, and MSM-MAE's first bf16 loss sat 0.6-1.1 % off fp32's. A model whose ``frontend`` is a log-mel front
+   end gets its ``source`` in fp32; every other tensor of the batch is cast as fairseq casts it.
+
 Installed when the plugin is imported (``common.user_dir``).
 """
 
@@ -23,7 +28,10 @@ import logging
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.composite import CompositeOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
+from fairseq.trainer import Trainer
 from omegaconf import OmegaConf, open_dict
+
+from .modules.log_mel import StandardisedSpectrogram
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +78,15 @@ def _build_fp16_optimizer(cls, cfg, params, **kwargs):
 
 
 FP16Optimizer.build_optimizer = classmethod(_build_fp16_optimizer)
+
+_fairseq_fp_convert_sample = Trainer._fp_convert_sample
+
+
+def _fp_convert_sample(self, sample):
+    converted = _fairseq_fp_convert_sample(self, sample)  # new dicts: ``sample`` keeps its fp32 tensors
+    if isinstance(getattr(self._model, "frontend", None), StandardisedSpectrogram) and "net_input" in sample:
+        converted["net_input"]["source"] = sample["net_input"]["source"]
+    return converted
+
+
+Trainer._fp_convert_sample = _fp_convert_sample

@@ -47,7 +47,7 @@ EXAMPLES = REPO / "examples"
 sys.path[:0] = [str(REPO), str(REPO / "manifests"), str(EXAMPLES / "m2d_clap"), str(EXAMPLES / "armhubert")]
 
 UPDATES = 2
-BF16_TOLERANCE = 0.02
+BF16_TOLERANCE = 0.005
 VERBOSE = False
 DEMO_MINUTES = ["--pretrain-minutes", "0.5", "--train-10m-minutes", "0.3", "--train-1h-minutes", "0.3",
                 "--dev-minutes", "0.1", "--test-minutes", "0.1"]

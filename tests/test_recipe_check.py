@@ -19,10 +19,10 @@ SIZE_OVERRIDE = re.compile(
     r"|dataset\.(batch_size|max_tokens)|optimization\.max_update"
     r"|lr_scheduler\.(warmup_updates|total_num_update)|optimizer\.groups\.\w+\.lr_scheduler\.warmup_updates)=")
 
-# amp and fp16 with the composite optimizer, fine-tuning with layer-decay groups, amp with Adam, fp16 with fairseq's
+# amp (MSM-MAE: the most precision-sensitive loss) and fp16 with the composite optimizer, fine-tuning with layer-decay groups, amp with Adam, fp16 with fairseq's
 # flattened master copy (the others repeat these paths with other values); the fine-tuning ones start from the EAT
 # pretraining run and from a tiny fairseq wav2vec 2.0
-SELECTION = "m2d/m2d_dwm,eat/eat_base_as2m,eat/finetune_as20k,armhubert/armwavlm_s.yaml,finetune/base_10m"
+SELECTION = "m2d/msm_mae_dwm,eat/eat_base_as2m,eat/finetune_as20k,armhubert/armwavlm_s.yaml,finetune/base_10m"
 
 
 class Stub:
@@ -50,7 +50,7 @@ def test_recipes_train_as_written(demo_corpus, capsys):
     for result in results:
         assert result["trains"] and result["bf16_ok"], result
         assert f"{result['recipe']:<28}" in printed
-    assert by_name["m2d/m2d_dwm"]["optimizer"] == "AMPOptimizer + FairseqCompositeOptimizer"
+    assert by_name["m2d/msm_mae_dwm"]["optimizer"] == "AMPOptimizer + FairseqCompositeOptimizer"
     assert by_name["eat/eat_base_as2m"]["optimizer"] == "FP16Optimizer + FairseqCompositeOptimizer"
     assert by_name["eat/eat_base_as2m"]["loss_scale"] < 128  # fp16's dynamic scale was used (and lowered)
     assert by_name["armhubert/armwavlm_s"]["optimizer"] == "AMPOptimizer + FairseqAdam"
