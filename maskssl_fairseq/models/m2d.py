@@ -18,6 +18,7 @@ from omegaconf import II
 
 from ..distributed import check_identical_across_ranks, rank_check_due
 from ..modules import released_checkpoints as released
+from ..modules.ema_teacher import TeacherModel, fp32_ema, fp32_params_to
 from ..modules.masked_spectrogram import MaskedSpectrogramConfig, MaskedSpectrogramModel
 from ..modules.spectrogram_vit import LayerNorm, MaskedTokenPredictor, init_weights, split_by_mask, transformer
 
@@ -51,6 +52,10 @@ class M2DModel(MaskedSpectrogramModel):
         for module in (self.target_blocks, self.target_norm):
             module.apply(init_weights)
             module.requires_grad_(False)  # fairseq builds its optimizer from parameters that require grad
+        # the EMA runs on an fp32 master copy of the target (at momentum 0.99995 a bf16 or fp16 target would not
+        # move); named as the online encoder's blocks and norm, which it follows
+        self.target_ema = fp32_ema(TeacherModel({"blocks": self.target_blocks, "norm": self.target_norm}),
+                                   cfg.ema_decay)
         # the update the target encoder was last stepped at, saved with it: a resumed run takes exactly the
         # steps an uninterrupted one takes
         self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
@@ -61,11 +66,22 @@ class M2DModel(MaskedSpectrogramModel):
 
     @torch.no_grad()
     def ema_step(self, decay: float) -> None:
-        """target <- decay * target + (1 - decay) * online, for the blocks and the final norm."""
-        target = list(self.target_blocks.parameters()) + list(self.target_norm.parameters())
-        online = list(self.encoder.blocks.parameters()) + list(self.encoder.norm.parameters())
-        torch._foreach_mul_(target, decay)
-        torch._foreach_add_(target, [p.detach().to(t.dtype) for p, t in zip(online, target)], alpha=1.0 - decay)
+        """target <- decay * target + (1 - decay) * online, for the blocks and the final norm, in fp32."""
+        fp32_params_to(self.target_ema, self.target_norm.weight.device)
+        self.target_ema.set_decay(decay)
+        self.target_ema.step(self.encoder)
+
+    def state_dict(self, destination=None, prefix="", keep_vars=False):
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key, value in self.target_ema.fp32_params.items():  # the target in fp32, under its own names
+            state[f"{prefix}target_{key}"] = value
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = {key: state_dict[f"{prefix}target_{key}"] for key in self.target_ema.fp32_params
+                 if f"{prefix}target_{key}" in state_dict}
+        self.target_ema.build_fp32_params(saved)
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_num_updates(self, num_updates: int) -> None:
         # fairseq calls this before each update with the number of updates done: update n's optimizer step is

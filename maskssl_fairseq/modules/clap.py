@@ -83,6 +83,7 @@ def clip_loss(audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     text = gather_with_local_grad(F.normalize(text.float(), dim=-1))
     if audio.shape[0] != own_rows:
         audio, text = (GradMultiply.apply(side, audio.shape[0] / own_rows) for side in (audio, text))
-    logits = logit_scale.float().exp() * audio @ text.t()
+    with torch.autocast(device_type=audio.device.type, enabled=False):  # autocast would run the product in half
+        logits = logit_scale.float().exp() * audio @ text.t()
     targets = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))

@@ -4,7 +4,8 @@ The teacher is not a child module, so fairseq's optimizer never sees it; its fp3
 checkpoint under ``_ema``, and the update it last stepped at in a ``teacher_updates`` buffer, so that a
 resumed run steps it exactly as an uninterrupted one would. The momentum rises linearly from
 ``ema_decay`` to ``ema_end_decay`` over ``ema_anneal_end_step`` updates, then stays (data2vec 2.0, EAT).
-It serves the data2vec 2.0 audio backbone (``data2vec2_audio``: data2vec 2.0, EH-MAM) and EAT.
+It serves the data2vec 2.0 audio backbone (``data2vec2_audio``: data2vec 2.0, EH-MAM) and EAT; M2D's target
+encoder uses its fp32 master copy (:func:`fp32_ema`).
 """
 
 import copy
@@ -15,6 +16,21 @@ import torch.nn as nn
 from fairseq.modules import EMAModule, EMAModuleConfig
 
 from ..distributed import check_identical_across_ranks, rank_check_due
+
+
+def fp32_ema(teacher: nn.Module, decay: float) -> EMAModule:
+    """fairseq's ``EMAModule`` stepping ``teacher``'s own parameters, with an fp32 master copy of each: in a
+    half-precision model a momentum of 0.9999 moves a weight by less than bf16's or fp16's resolution (the
+    copy goes to the checkpoint; :func:`fp32_params_to` moves it with the model)."""
+    return EMAModule(teacher, EMAModuleConfig(ema_decay=decay, ema_fp32=True, add_missing_params=False,
+                                              log_norms=False), copy_model=False)
+
+
+def fp32_params_to(ema: EMAModule, device: torch.device) -> None:
+    """The fp32 master copy on ``device`` (it is no module tensor, so the model's moves leave it behind)."""
+    for key, value in ema.fp32_params.items():
+        if value.device != device:
+            ema.fp32_params[key] = value.to(device)
 
 
 class TeacherModel(nn.Module):
@@ -42,11 +58,7 @@ class EMATeacherMixin:
         self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
         teacher = TeacherModel({name: copy.deepcopy(getattr(self, name)) for name in names})
         teacher.requires_grad_(False)
-        self.ema = EMAModule(
-            teacher,
-            EMAModuleConfig(ema_decay=self.cfg.ema_decay, ema_fp32=True, add_missing_params=False, log_norms=False),
-            copy_model=False,
-        )
+        self.ema = fp32_ema(teacher, self.cfg.ema_decay)
 
     def ema_decay_at(self, num_updates: int) -> float:
         cfg = self.cfg
@@ -71,8 +83,7 @@ class EMATeacherMixin:
         reference = next(model.parameters())
         if reference.device != like.device or reference.dtype != like.dtype:
             self.ema.model = model = model.to(device=like.device, dtype=like.dtype)
-            for key, value in self.ema.fp32_params.items():
-                self.ema.fp32_params[key] = value.to(like.device)
+            fp32_params_to(self.ema, like.device)
         return model
 
     def state_dict(self, destination=None, prefix="", keep_vars=False):

@@ -21,12 +21,15 @@ import torch.nn as nn
 import torchaudio
 from torchaudio.compliance import kaldi
 
+from .float32_buffers import Float32Buffers
 
-class StandardisedSpectrogram(nn.Module):
+
+class StandardisedSpectrogram(Float32Buffers):
     """Holds the dataset mean and std (``norm_stats``) and standardises what a subclass's ``log_mel``
     computes (the task measures the statistics on ``log_mel``'s output).
 
-    ``std_scale`` multiplies the std (EAT, like AST, divides by twice the std).
+    ``std_scale`` multiplies the std (EAT, like AST, divides by twice the std). The statistics, windows and
+    filter banks stay float32 in a half-precision model.
     """
 
     def __init__(self, std_scale: float = 1.0):
@@ -49,7 +52,7 @@ class StandardisedSpectrogram(nn.Module):
                     "spectrogram_pretraining task (it measures them) or load them from a checkpoint"
                 )
             self._stats_checked = True
-        mean, std = self.norm_stats.float()
+        mean, std = self.norm_stats
         return (features - mean) / (std * self.std_scale)
 
     def forward(self, waveform: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -89,10 +92,10 @@ class LogMelSpectrogram(StandardisedSpectrogram):
         """Unstandardised ``log(mel + eps)`` of ``waveform [B, S]`` -> ``[B, n_mels, frames]``."""
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             spectrum = torch.stft(
-                waveform.float(), self.n_fft, self.hop_length, self.win_length, window=self.window.float(),
+                waveform.float(), self.n_fft, self.hop_length, self.win_length, window=self.window,
                 center=True, pad_mode="reflect", return_complex=True,
             ).abs().pow(2)  # [B, freqs, frames]
-            mel = torch.einsum("bft,fm->bmt", spectrum, self.mel_filters.float())
+            mel = torch.einsum("bft,fm->bmt", spectrum, self.mel_filters)
             return torch.log(mel + torch.finfo(torch.float32).eps)
 
 
