@@ -12,6 +12,7 @@ fine-tune needs ``--data-dir`` (the folder of its ``dict.ltr.txt``) unless its t
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
+from maskssl_fairseq.data.manifests import audio_files, nonfinite_problem  # noqa: E402
 from maskssl_fairseq.features import hidden_states, load_model, select_layers  # noqa: E402
 
 
@@ -44,12 +45,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_audio(path: Path, normalize: bool) -> torch.Tensor:
+def read_audio(path: Path, normalize: bool, where: str) -> torch.Tensor:
+    """The mono waveform of ``path``; ``where`` (``manifest:line``) names it when it cannot be used."""
     audio, _ = sf.read(str(path), dtype="float32")
     if audio.ndim != 1:
-        raise ValueError(f"{path}: {audio.ndim} channels; the models read mono audio")
+        raise ValueError(f"{where}: {path}: {audio.ndim} channels; the models read mono audio")
+    problem = nonfinite_problem(audio)
+    if problem:
+        sys.exit(f"{where}: {path}: {problem}")
     wave = torch.from_numpy(audio)
     return F.layer_norm(wave, wave.shape) if normalize else wave
+
+
+FEATURE_FILE = re.compile(r"\d{6}\.npy")  # <n>.npy, as written below
+
+
+def owned_outputs(out: Path) -> list:
+    """What an earlier run wrote into ``out``: its ``<n>.npy`` files and ``index.tsv`` (nothing else is touched)."""
+    return [path for path in out.iterdir() if FEATURE_FILE.fullmatch(path.name) or path.name == "index.tsv"]
 
 
 def main(argv=None) -> None:
@@ -61,6 +74,11 @@ def main(argv=None) -> None:
     normalize = bool(getattr(cfg.task, "normalize", False))
     layer = None if args.layer == "all" else int(args.layer)
     args.out.mkdir(parents=True, exist_ok=True)
+    stale = owned_outputs(args.out)
+    for path in stale:  # an earlier run's features would otherwise stay beside this run's index.tsv
+        path.unlink()
+    if stale:
+        print(f"--force: removed {len(stale)} feature files and index of an earlier run from {args.out}")
 
     order = sorted(range(len(utterances)), key=lambda i: utterances[i][1])  # similar lengths, little padding
     index = [""] * len(utterances)
@@ -68,7 +86,7 @@ def main(argv=None) -> None:
     with tqdm(total=len(utterances), unit="utt", desc="features") as progress:
         for first in range(0, len(order), args.batch_size):
             batch = order[first:first + args.batch_size]
-            waves = [read_audio(utterances[i][0], normalize) for i in batch]
+            waves = [read_audio(utterances[i][0], normalize, f"{args.manifest}:{i + 2}") for i in batch]
             longest = max(len(w) for w in waves)
             source = torch.stack([F.pad(w, (0, longest - len(w))) for w in waves]).to(args.device)
             padding = torch.stack([torch.arange(longest) >= len(w) for w in waves]).to(args.device)

@@ -59,6 +59,17 @@ def rewrite_audio(data: Path, transform: Callable) -> None:
     transform(root / table[1][0], wave, rate)
 
 
+def write_nonfinite(path: Path, wave: np.ndarray, rate: int) -> None:
+    """The same utterance as a float WAV (under its .flac name) with a NaN and an inf sample."""
+    wave = wave.copy()
+    wave[100], wave[200] = np.nan, np.inf
+    soundfile.write(path, wave, rate, format="WAV", subtype="FLOAT")
+
+
+def prepend_bom(path: Path) -> None:
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+
+
 def set_count(data: Path, count: str) -> None:
     root, table = rows(data)
     table[1][1] = count
@@ -97,6 +108,15 @@ MANIFEST_CASES: Dict[str, tuple] = {
     "non_utf8_labels": (lambda d: edit_labels(d, lambda text: text.replace(b"\n", b"\n\xff", 1)),
                         r"base\.ltr:2: not UTF-8 \(byte 0xff"),
     "missing_dictionary": (lambda d: (d / "dict.ltr.txt").unlink(), r"dict\.ltr\.txt: no such file"),
+    "nan_samples": (lambda d: rewrite_audio(d, write_nonfinite), r"base\.tsv:3: .*flac: 2 samples are NaN or inf \(first at sample 100\)"),
+    "bom_in_manifest": (lambda d: prepend_bom(d / "base.tsv"), r"base\.tsv:1: starts with a UTF-8 byte-order mark \(BOM\)"),
+    "bom_in_labels": (lambda d: prepend_bom(d / "base.ltr"), r"base\.ltr:1: starts with a UTF-8 byte-order mark \(BOM\), .*sed -i"),
+    "duplicated_dictionary_symbol": (lambda d: (d / "dict.ltr.txt").write_text((d / "dict.ltr.txt").read_text() + "E 1\n"),
+                                     r"dict\.ltr\.txt:\d+: the symbol 'E' is listed again \(first at line \d+\)"),
+    "trailing_blank_label_line": (lambda d: edit_labels(d, lambda text: text + b"\n"),
+                                  r"base\.ltr:4: a blank line after the last label; delete it"),
+    "empty_label_line": (lambda d: edit_labels(d, lambda text: b"\n".join([text.splitlines()[0], b"", *text.splitlines()[2:]]) + b"\n"),
+                         r"base\.ltr:2: empty label"),
 }
 
 
