@@ -18,7 +18,7 @@ import pytest
 import soundfile
 import torch
 
-from helpers import PLUGIN_DIR, REPO, VENV_BIN
+from helpers import PLUGIN_DIR, REPO, VENV_BIN, fairseq_hydra_train, logged
 
 UTTERANCES = 3
 
@@ -184,9 +184,32 @@ CONFIG_CASES = {
                                r"model\.teacher_path=.*/truncated\.pt: not a readable checkpoint \(truncated"),
     "teacher_of_another_kind": ("armhubert", "tiny", ["model.teacher_path={tmp}/whole.pt"],
                                 r"model\.teacher_path=.*/whole\.pt: neither a fairseq HuBERT checkpoint"),
+    "pretraining_kind_expected_m2d_given": ("finetune", "tiny", ["model.w2v_path={tmp}/m2d.pt"],
+                                            r"model\.w2v_path=.*/m2d\.pt holds a 'm2d' model; expected a speech "
+                                            r"pretraining checkpoint \(.*data2vec_multi_eh_mam.*\)"),
+    "pretraining_kind_expected_ctc_given": ("finetune", "tiny", ["model.w2v_path={tmp}/ctc.pt"],
+                                            r"model\.w2v_path=.*/ctc\.pt holds a 'wav2vec_ctc' model \(a fine-tuned "
+                                            r"model; it was fine-tuned from /runs/pretrain/checkpoint_last\.pt\); "
+                                            r"expected a speech pretraining checkpoint"),
     "hubert_where_wavlm_expected": ("armhubert", "tiny", ["model.teacher_path={tmp}/hubert.pt", "++model.teacher_type=wavlm"],
                                     r"model\.teacher_type=wavlm but model\.teacher_path=.*/hubert\.pt holds a hubert model"),
 }
+
+
+def saved_by_fairseq(path: Path, model_cfg: dict) -> None:
+    """A checkpoint of the given ``cfg.model`` with what fairseq's loader reads besides (no weights)."""
+    torch.save({"cfg": {"model": model_cfg, "task": {"_name": "spectrogram_pretraining"}}, "model": {},
+                "optimizer_history": [{"criterion_name": "model", "optimizer_name": "Adam", "lr_scheduler_state": {},
+                                       "num_updates": 0}], "extra_state": {}}, path)
+
+
+def test_speech_checkpoint_as_pretrained_path_names_the_kinds(tmp_path):
+    from maskssl_fairseq.models.audio_classifier import load_pretrained
+
+    saved_by_fairseq(tmp_path / "eh_mam.pt", {"_name": "data2vec_multi_eh_mam"})
+    with pytest.raises(ValueError, match=r"model\.pretrained_path=.*/eh_mam\.pt holds a 'data2vec_multi_eh_mam' "
+                                         r"model; expected a spectrogram pretraining checkpoint \(eat, m2d"):
+        load_pretrained(str(tmp_path / "eh_mam.pt"))
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
@@ -196,6 +219,8 @@ def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus,
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:200_000])  # a copy cut short
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     torch.save({"cfg": {"model": {"_name": "hubert"}}, "model": {}}, tmp_path / "hubert.pt")  # what identifies a HuBERT
+    saved_by_fairseq(tmp_path / "m2d.pt", {"_name": "m2d"})
+    saved_by_fairseq(tmp_path / "ctc.pt", {"_name": "wav2vec_ctc", "w2v_path": "/runs/pretrain/checkpoint_last.pt"})
     overrides = [override.format(tmp=tmp_path) for override in overrides]
     run_dir = tmp_path / "run"
     proc = run([VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / folder, "--config-name", name,
@@ -219,6 +244,8 @@ DECODE_CASES = {
                                            r"lexicon\.txt:2: 'NAÏVE': letters not in .*dict\.ltr\.txt: Ï$"),
     "missing_lm": (lambda d: ["--lexicon", lexicon_with(d, ""), "--lm", d / "missing.arpa"], None,
                    r"^--lm .*missing\.arpa: no such file$"),
+    "missing_audio_file": (lambda d: [], lambda d: rewrite_audio(d, lambda path, w, r: path.unlink()),
+                           r"base\.tsv:3: .*flac: no such file$"),
     "no_transcripts": (lambda d: [], lambda d: (d / "base.ltr").unlink(),
                        r"base\.tsv: no base\.wrd or base\.ltr next to it to score against$"),
 }
@@ -236,3 +263,95 @@ def test_decode_problem_is_one_line_before_the_model_loads(case, corpus, tmp_pat
     assert proc.returncode != 0 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
     assert re.search(expected, proc.stdout.strip().splitlines()[-1]), proc.stdout[-1000:]
     assert snapshot(corpus.parent) == before and not (tmp_path / "decoded").exists()
+
+
+def test_nan_audio_stops_training_naming_file_and_line(corpus, tmp_path):
+    """fairseq's own audio dataset (EH-MAM, wav2vec 2.0, CTC fine-tuning) refuses the NaN / inf of a float WAV."""
+    rewrite_audio(corpus, write_nonfinite)
+    proc = run([VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / "eh_mam", "--config-name", "tiny",
+                f"common.user_dir={PLUGIN_DIR}", f"task.data={corpus}", f"hydra.run.dir={tmp_path / 'run'}",
+                "dataset.train_subset=base", "optimization.max_update=1"])
+    assert re.search(r"ValueError: .*base\.tsv:3: .*flac: 2 samples are NaN or inf \(first at sample 100\)",
+                     hydra_error(proc)), proc.stdout[-3000:]
+
+
+def test_nan_audio_stops_spectrogram_loading(corpus):
+    from maskssl_fairseq.tasks.spectrogram_pretraining import WaveformCropDataset
+
+    rewrite_audio(corpus, write_nonfinite)
+    dataset = WaveformCropDataset(corpus / "base.tsv", 16000, 10 * 16000, seed=1, random_crop=False, shuffle=False)
+    with pytest.raises(ValueError, match=r"base\.tsv:3: .*flac: 2 samples are NaN or inf"):
+        dataset[1]
+
+
+def test_spectrogram_batches_keep_every_validation_clip(corpus):
+    """fairseq drops a last batch whose size is no multiple of dataset.required_batch_size_multiple (8 by
+    default): validation keeps it; a training split that makes no batch says what to change."""
+    from maskssl_fairseq.tasks.spectrogram_pretraining import WaveformCropDataset
+
+    def batches(random_crop):
+        dataset = WaveformCropDataset(corpus / "base.tsv", 16000, 16000, seed=1, random_crop=random_crop, shuffle=False)
+        return dataset.batch_by_size(dataset.ordered_indices(), max_sentences=8, required_batch_size_multiple=8)
+
+    assert [list(batch) for batch in batches(random_crop=False)] == [[0, 1, 2]]
+    with pytest.raises(ValueError, match=r"base\.tsv: its 3 clips make no training batch of dataset\.batch_size=8 .*"
+                                         r"set dataset\.required_batch_size_multiple=1"):
+        batches(random_crop=True)
+
+
+def test_small_validation_split_is_evaluated_whole(demo_corpus, tmp_path):
+    """EAT pretraining with a 3-clip validation split and batches of 4: one validation batch of 3 clips."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, source, clips in (("train", "pretrain", 12), ("valid", "dev", 3)):
+        lines = (demo_corpus / f"{source}.tsv").read_text().splitlines()
+        (data / f"{split}.tsv").write_text("\n".join(lines[:clips + 1]) + "\n")
+    log = fairseq_hydra_train(REPO / "examples" / "eat", "tiny", f"task.data={data}", "dataset.train_subset=train",
+                              "dataset.valid_subset=valid", "optimization.max_update=1", "task.norm_sample_size=4",
+                              run_dir=tmp_path / "run")
+    assert [int(record["valid_nsentences"]) for record in logged(log, "valid")] == [3]
+
+
+def test_tri_stage_with_too_few_updates_says_what_to_change():
+    """fairseq's tri_stage schedule (the CTC fine-tuning configs) divides by its decay phase: int(3 x 0.3) = 0."""
+    from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule, TriStageLRScheduleConfig
+    from omegaconf import OmegaConf
+
+    import maskssl_fairseq  # noqa: F401  (the plugin, as common.user_dir loads it)
+
+    yaml = OmegaConf.load(REPO / "examples" / "finetune" / "tiny.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(TriStageLRScheduleConfig), yaml.lr_scheduler,
+                          {"max_update": 3, "lr": [1e-3]})
+    with pytest.raises(ValueError, match=r"optimization\.max_update=3 leaves its decay phase int\(3 x 0\.3\) = 0 "
+                                         r"updates .*set optimization\.max_update to at least 4"):
+        TriStageLRSchedule(cfg, optimizer=None)  # refused before the optimizer is used
+
+
+# case: (how to break the fine-tuning inputs, the expected error as a regex naming the file and line)
+FINETUNING_CASES = {
+    "bom_in_labels": (lambda d: prepend_bom(d / "base.ltr"), r"base\.ltr:1: starts with a UTF-8 byte-order mark"),
+    "bom_in_manifest": (lambda d: prepend_bom(d / "base.tsv"), r"base\.tsv:1: starts with a UTF-8 byte-order mark"),
+    "trailing_blank_label_line": (lambda d: edit_labels(d, lambda text: text + b"\n"),
+                                  r"base\.ltr:4: a blank line after the last label; delete it"),
+    "label_count": (lambda d: edit_labels(d, lambda text: b"\n".join(text.splitlines()[:2]) + b"\n"),
+                    r"base\.ltr:3: 2 label lines for the 3 utterances of .*base\.tsv"),
+    "duplicated_dictionary_symbol": (lambda d: (d / "dict.ltr.txt").write_text((d / "dict.ltr.txt").read_text() + "E 1\n"),
+                                     r"dict\.ltr\.txt:\d+: the symbol 'E' is listed again"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FINETUNING_CASES))
+def test_finetuning_inputs_are_named_by_fairseqs_task(case, corpus):
+    """fairseq's own audio_finetuning task (CTC fine-tuning) as fairseq-hydra-train sets it up and loads a split."""
+    from fairseq import tasks
+    from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
+    from omegaconf import OmegaConf
+
+    import maskssl_fairseq  # noqa: F401  (the plugin, as common.user_dir loads it)
+
+    breaks, expected = FINETUNING_CASES[case]
+    breaks(corpus)
+    yaml = OmegaConf.load(REPO / "examples" / "finetune" / "tiny.yaml").task
+    cfg = OmegaConf.merge(OmegaConf.structured(AudioFinetuningConfig), yaml, {"data": str(corpus), "seed": 1, "tpu": False})
+    with pytest.raises(ValueError, match=expected):
+        tasks.setup_task(cfg).load_dataset("base")

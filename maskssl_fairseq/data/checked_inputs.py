@@ -18,6 +18,7 @@ import math
 import os
 from pathlib import Path
 
+import soundfile
 import torch
 from fairseq.data.audio.raw_audio_dataset import FileAudioDataset
 from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule
@@ -45,9 +46,10 @@ def getitem(self: FileAudioDataset, index):
     item = _fairseq_getitem(self, index)
     if not torch.isfinite(item["source"]).all():
         name = self.fnames[index] if isinstance(self.fnames, list) else self.fnames[index].as_py()
-        raise ValueError(f"{self.manifest_path}:{self.manifest_lines[index]}: "
-                         f"{os.path.join(self.root_dir, self.text_compressor.decompress(name))}: "
-                         f"{nonfinite_problem(item['source'].numpy())}")
+        path = os.path.join(self.root_dir, self.text_compressor.decompress(name))
+        # counted in the file: normalisation (task.normalize) spreads one NaN over the whole utterance
+        problem = nonfinite_problem(soundfile.read(path, dtype="float32")[0]) or nonfinite_problem(item["source"].numpy())
+        raise ValueError(f"{self.manifest_path}:{self.manifest_lines[index]}: {path}: {problem}")
     return item
 
 
@@ -98,8 +100,8 @@ def tri_stage_init(self: TriStageLRSchedule, cfg, optimizer):
         needed = math.ceil(1 / ratios[2])
         while int(needed * ratios[2]) == 0:  # float rounding: int(4 * 0.3) must be 1
             needed += 1
-        raise ValueError(f"lr_scheduler tri_stage: optimization.max_update={cfg.max_update} leaves its decay phase "
-                         f"int({cfg.max_update} x {ratios[2]}) = 0 updates (lr_scheduler.phase_ratio={list(ratios)}); "
+        raise ValueError(f"lr_scheduler tri_stage: optimization.max_update={int(cfg.max_update)} leaves its decay phase "
+                         f"int({int(cfg.max_update)} x {ratios[2]}) = 0 updates (lr_scheduler.phase_ratio={list(ratios)}); "
                          f"set optimization.max_update to at least {needed}")
     _fairseq_tri_stage_init(self, cfg, optimizer)
 
