@@ -355,3 +355,35 @@ def test_finetuning_inputs_are_named_by_fairseqs_task(case, corpus):
     cfg = OmegaConf.merge(OmegaConf.structured(AudioFinetuningConfig), yaml, {"data": str(corpus), "seed": 1, "tpu": False})
     with pytest.raises(ValueError, match=expected):
         tasks.setup_task(cfg).load_dataset("base")
+
+
+@pytest.fixture
+def extract(tmp_path):
+    """``run/extract_features.py``'s main, in process, on a tiny random HuBERT."""
+    sys.path.insert(0, str(REPO / "examples" / "armhubert"))
+    sys.path.insert(0, str(REPO / "run"))
+    from extract_features import main
+    from make_random_teacher import main as make_random_teacher
+
+    checkpoint = tmp_path / "hubert.pt"
+    make_random_teacher(["--kind", "hubert", "--out", str(checkpoint), "--layers", "1", "--dim", "32", "--ffn", "64",
+                         "--heads", "2", "--conv-dim", "16", "--conv-pos", "16", "--conv-pos-groups", "4"])
+    return lambda *arguments: main(["--checkpoint", str(checkpoint), "--layer", "1", "--device", "cpu", *map(str, arguments)])
+
+
+def test_extract_features_force_clears_its_own_outputs_only(corpus, extract, tmp_path):
+    out = tmp_path / "features"
+    extract("--manifest", corpus / "base.tsv", "--out", out)
+    (out / "000013.npy").write_bytes(b"stale")  # a larger earlier run's
+    (out / "notes.txt").write_text("mine\n")  # not the tool's
+    root, table = rows(corpus)
+    write_rows(corpus, root, table[:2])
+    extract("--manifest", corpus / "base.tsv", "--out", out, "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["000000.npy", "000001.npy", "index.tsv", "notes.txt"]
+    assert len((out / "index.tsv").read_text().splitlines()) == 3
+
+
+def test_extract_features_refuses_nan_audio_naming_file_and_line(corpus, extract, tmp_path):
+    rewrite_audio(corpus, write_nonfinite)
+    with pytest.raises(SystemExit, match=r"base\.tsv:3: .*flac: 2 samples are NaN or inf"):
+        extract("--manifest", corpus / "base.tsv", "--out", tmp_path / "features")
