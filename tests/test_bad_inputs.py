@@ -187,10 +187,6 @@ CONFIG_CASES = {
     "pretraining_kind_expected_m2d_given": ("finetune", "tiny", ["model.w2v_path={tmp}/m2d.pt"],
                                             r"model\.w2v_path=.*/m2d\.pt holds a 'm2d' model; expected a speech "
                                             r"pretraining checkpoint \(.*data2vec_multi_eh_mam.*\)"),
-    "pretraining_kind_expected_ctc_given": ("finetune", "tiny", ["model.w2v_path={tmp}/ctc.pt"],
-                                            r"model\.w2v_path=.*/ctc\.pt holds a 'wav2vec_ctc' model \(a fine-tuned "
-                                            r"model; it was fine-tuned from /runs/pretrain/checkpoint_last\.pt\); "
-                                            r"expected a speech pretraining checkpoint"),
     "hubert_where_wavlm_expected": ("armhubert", "tiny", ["model.teacher_path={tmp}/hubert.pt", "++model.teacher_type=wavlm"],
                                     r"model\.teacher_type=wavlm but model\.teacher_path=.*/hubert\.pt holds a hubert model"),
 }
@@ -201,6 +197,19 @@ def saved_by_fairseq(path: Path, model_cfg: dict) -> None:
     torch.save({"cfg": {"model": model_cfg, "task": {"_name": "spectrogram_pretraining"}}, "model": {},
                 "optimizer_history": [{"criterion_name": "model", "optimizer_name": "Adam", "lr_scheduler_state": {},
                                        "num_updates": 0}], "extra_state": {}}, path)
+
+
+def test_ctc_checkpoint_as_w2v_path_names_the_kinds(tmp_path):
+    """fairseq's wav2vec_ctc encoder, as fine-tuning builds it (the m2d case above runs fairseq-hydra-train)."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecEncoder
+
+    import maskssl_fairseq  # noqa: F401  (the plugin, as common.user_dir loads it)
+
+    saved_by_fairseq(tmp_path / "ctc.pt", {"_name": "wav2vec_ctc", "w2v_path": "/runs/pretrain/checkpoint_last.pt"})
+    with pytest.raises(ValueError, match=r"model\.w2v_path=.*/ctc\.pt holds a 'wav2vec_ctc' model \(a fine-tuned "
+                                         r"model; it was fine-tuned from /runs/pretrain/checkpoint_last\.pt\); "
+                                         r"expected a speech pretraining checkpoint \(.*data2vec_multi_eh_mam"):
+        Wav2VecEncoder(Wav2Vec2CtcConfig(w2v_path=str(tmp_path / "ctc.pt")), output_size=10)
 
 
 def test_speech_checkpoint_as_pretrained_path_names_the_kinds(tmp_path):
@@ -220,7 +229,6 @@ def test_config_problem_is_the_last_error_and_names_the_field(case, demo_corpus,
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     torch.save({"cfg": {"model": {"_name": "hubert"}}, "model": {}}, tmp_path / "hubert.pt")  # what identifies a HuBERT
     saved_by_fairseq(tmp_path / "m2d.pt", {"_name": "m2d"})
-    saved_by_fairseq(tmp_path / "ctc.pt", {"_name": "wav2vec_ctc", "w2v_path": "/runs/pretrain/checkpoint_last.pt"})
     overrides = [override.format(tmp=tmp_path) for override in overrides]
     run_dir = tmp_path / "run"
     proc = run([VENV_BIN / "fairseq-hydra-train", "--config-dir", REPO / "examples" / folder, "--config-name", name,
