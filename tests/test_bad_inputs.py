@@ -292,16 +292,21 @@ def test_nan_audio_stops_spectrogram_loading(corpus):
         dataset[1]
 
 
-def test_spectrogram_batches_keep_every_validation_clip(corpus):
+def test_spectrogram_batches_keep_every_validation_clip(corpus, caplog):
     """fairseq drops a last batch whose size is no multiple of dataset.required_batch_size_multiple (8 by
     default): validation keeps it; a training split that makes no batch says what to change."""
     from maskssl_fairseq.tasks.spectrogram_pretraining import WaveformCropDataset
 
-    def batches(random_crop):
+    def batches_of(size, random_crop):
         dataset = WaveformCropDataset(corpus / "base.tsv", 16000, 16000, seed=1, random_crop=random_crop, shuffle=False)
-        return dataset.batch_by_size(dataset.ordered_indices(), max_sentences=8, required_batch_size_multiple=8)
+        return dataset.batch_by_size(dataset.ordered_indices(), max_sentences=size, required_batch_size_multiple=size)
+
+    def batches(random_crop):
+        return batches_of(8, random_crop)
 
     assert [list(batch) for batch in batches(random_crop=False)] == [[0, 1, 2]]
+    assert [len(batch) for batch in batches_of(2, random_crop=True)] == [2]  # training leaves the third out ...
+    assert "1 of 3 clips left out of this epoch's training batches" in caplog.text  # ... and says so
     with pytest.raises(ValueError, match=r"base\.tsv: its 3 clips make no training batch of dataset\.batch_size=8 .*"
                                          r"set dataset\.required_batch_size_multiple=1"):
         batches(random_crop=True)

@@ -126,8 +126,8 @@ class WaveformCropDataset(FairseqDataset):
         return self.crop_samples
 
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
-        """fairseq's batches, except that validation keeps its last, smaller batch, and a training split that
-        makes no batch is an error that says what to change.
+        """fairseq's batches, except that validation keeps its last, smaller batch; in training a left-out
+        remainder is logged, and a split that makes no batch is an error that says what to change.
 
         fairseq drops a last batch whose size is not a multiple of ``dataset.required_batch_size_multiple``
         (8 by default): in training that is the remainder of the epoch, but a validation split would lose clips,
@@ -141,6 +141,11 @@ class WaveformCropDataset(FairseqDataset):
                 f"{max_sentences} (fairseq keeps only batches whose size is a multiple of "
                 f"dataset.required_batch_size_multiple={multiple}); set dataset.required_batch_size_multiple=1 to "
                 "keep a smaller last batch, or add clips")
+        left_out = len(indices) - sum(len(batch) for batch in batches)
+        if left_out:
+            logger.warning(f"{self.manifest}: {left_out} of {len(indices)} clips left out of this epoch's training "
+                           f"batches (the last batch is not a multiple of dataset.required_batch_size_multiple="
+                           f"{multiple}; set it to 1 to keep them)")
         return batches
 
     def ordered_indices(self) -> np.ndarray:
