@@ -292,28 +292,26 @@ def test_nan_audio_stops_spectrogram_loading(corpus):
         dataset[1]
 
 
-def test_spectrogram_batches_keep_every_validation_clip(corpus, caplog):
+def test_spectrogram_training_batches_say_what_they_leave_out(corpus, caplog):
     """fairseq drops a last batch whose size is no multiple of dataset.required_batch_size_multiple (8 by
-    default): validation keeps it; a training split that makes no batch says what to change."""
+    default): in training that is logged, and a split that makes no batch says what to change."""
     from maskssl_fairseq.tasks.spectrogram_pretraining import WaveformCropDataset
 
-    def batches_of(size, random_crop):
-        dataset = WaveformCropDataset(corpus / "base.tsv", 16000, 16000, seed=1, random_crop=random_crop, shuffle=False)
+    def training_batches(size):
+        dataset = WaveformCropDataset(corpus / "base.tsv", 16000, 16000, seed=1, random_crop=True, shuffle=False)
         return dataset.batch_by_size(dataset.ordered_indices(), max_sentences=size, required_batch_size_multiple=size)
 
-    def batches(random_crop):
-        return batches_of(8, random_crop)
-
-    assert [list(batch) for batch in batches(random_crop=False)] == [[0, 1, 2]]
-    assert [len(batch) for batch in batches_of(2, random_crop=True)] == [2]  # training leaves the third out ...
-    assert "1 of 3 clips left out of this epoch's training batches" in caplog.text  # ... and says so
+    assert [len(batch) for batch in training_batches(2)] == [2]  # the third clip left out ...
+    assert "1 of 3 clips left out of this epoch's training batches" in caplog.text  # ... and said so
     with pytest.raises(ValueError, match=r"base\.tsv: its 3 clips make no training batch of dataset\.batch_size=8 .*"
                                          r"set dataset\.required_batch_size_multiple=1"):
-        batches(random_crop=True)
+        training_batches(8)
 
 
 def test_small_validation_split_is_evaluated_whole(demo_corpus, tmp_path):
-    """EAT pretraining with a 3-clip validation split and batches of 4: one validation batch of 3 clips."""
+    """EAT pretraining with a 3-clip validation split and batches of 4: one validation batch of 3 clips (fairseq
+    would drop it, as not a multiple of dataset.required_batch_size_multiple=8; so it drops the last batch of
+    any task's validation, e.g. 2 of the 16 dev utterances in examples/finetune/tiny.yaml)."""
     data = tmp_path / "data"
     data.mkdir()
     for split, source, clips in (("train", "pretrain", 12), ("valid", "dev", 3)):
@@ -400,3 +398,32 @@ def test_extract_features_refuses_nan_audio_naming_file_and_line(corpus, extract
     rewrite_audio(corpus, write_nonfinite)
     with pytest.raises(SystemExit, match=r"base\.tsv:3: .*flac: 2 samples are NaN or inf"):
         extract("--manifest", corpus / "base.tsv", "--out", tmp_path / "features")
+
+
+def test_speech_validation_keeps_every_utterance(demo_corpus):
+    """fairseq's Trainer.get_valid_iterator on fairseq's audio_finetuning task, as examples/finetune/tiny.yaml
+    sets it up: without the plugin 2 of the 16 dev utterances fall in a dropped last batch."""
+    from types import SimpleNamespace
+
+    from fairseq import tasks
+    from fairseq.tasks.audio_finetuning import AudioFinetuningConfig
+    from fairseq.trainer import Trainer
+    from omegaconf import OmegaConf
+
+    import maskssl_fairseq  # noqa: F401  (the plugin, as common.user_dir loads it)
+
+    yaml = OmegaConf.load(REPO / "examples" / "finetune" / "tiny.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(AudioFinetuningConfig), yaml.task,
+                          {"data": str(demo_corpus), "seed": 1, "tpu": False})
+    task = tasks.setup_task(cfg)
+    task.load_dataset("dev")
+    dataset_cfg = {"max_tokens_valid": yaml.dataset.max_tokens, "batch_size_valid": None, "num_workers": 0,
+                   "skip_invalid_size_inputs_valid_test": True, "required_batch_size_multiple": 8,
+                   "data_buffer_size": 10}
+    trainer = SimpleNamespace(  # what get_valid_iterator reads of a Trainer
+        cfg=OmegaConf.create({"dataset": dataset_cfg, "common": {"seed": 1}}), task=task,
+        model=SimpleNamespace(max_positions=lambda: None), data_parallel_world_size=1, data_parallel_rank=0,
+        reset_dummy_batch=lambda batch: None)
+    batches = Trainer.get_valid_iterator(trainer, "dev").frozen_batches
+    assert sorted(i for batch in batches for i in batch) == list(range(len(task.dataset("dev")))) == list(range(16))
+    assert trainer.cfg.dataset.required_batch_size_multiple == 8  # training's batches are fairseq's

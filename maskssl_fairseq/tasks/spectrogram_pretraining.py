@@ -126,23 +126,23 @@ class WaveformCropDataset(FairseqDataset):
         return self.crop_samples
 
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
-        """fairseq's batches, except that validation keeps its last, smaller batch; in training a left-out
-        remainder is logged, and a split that makes no batch is an error that says what to change.
+        """fairseq's batches; in training a left-out remainder is logged, and a split that makes no batch is an
+        error that says what to change.
 
         fairseq drops a last batch whose size is not a multiple of ``dataset.required_batch_size_multiple``
-        (8 by default): in training that is the remainder of the epoch, but a validation split would lose clips,
-        or all of them when it has fewer than the batch size.
+        (8 by default): in training that is the remainder of the epoch (validation asks for a multiple of 1,
+        ``maskssl_fairseq.data.checked_inputs``).
         """
-        multiple = required_batch_size_multiple if self.random_crop else 1
+        multiple = required_batch_size_multiple
         batches = super().batch_by_size(indices, max_tokens, max_sentences, multiple)
-        if not batches and len(indices):
+        if self.random_crop and not batches and len(indices):
             raise ValueError(
                 f"{self.manifest}: its {len(indices)} clips make no training batch of dataset.batch_size="
                 f"{max_sentences} (fairseq keeps only batches whose size is a multiple of "
                 f"dataset.required_batch_size_multiple={multiple}); set dataset.required_batch_size_multiple=1 to "
                 "keep a smaller last batch, or add clips")
         left_out = len(indices) - sum(len(batch) for batch in batches)
-        if left_out:
+        if self.random_crop and left_out:
             logger.warning(f"{self.manifest}: {left_out} of {len(indices)} clips left out of this epoch's training "
                            f"batches (the last batch is not a multiple of dataset.required_batch_size_multiple="
                            f"{multiple}; set it to 1 to keep them)")
