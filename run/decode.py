@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maskssl_fairseq.checkpoints import load_finetuned  # noqa: E402
-from maskssl_fairseq.data.manifests import audio_files, read_dictionary, text_lines  # noqa: E402
+from maskssl_fairseq.data.manifests import (  # noqa: E402
+    ManifestError, audio_files, read_dictionary, refuse_bom, text_lines)
 
 
 def letters_to_words(letters: List[str]) -> str:
@@ -92,7 +93,7 @@ def main(argv=None):
     tune_on = args.tune_manifest or args.manifest
     scored = {}  # manifest -> (audio files, reference words)
     for manifest in dict.fromkeys((args.manifest, tune_on)):
-        entries = audio_files(manifest)
+        entries = checked_audio_files(manifest)
         scored[manifest] = (entries, reference_words(manifest, len(entries)))
     model, dictionary, normalize, sample_rate = load_finetuned(args.checkpoint, args.manifest.parent, args.device)
     symbols = list(dictionary.symbols)
@@ -181,6 +182,19 @@ def check_lexicon(lexicon: Path, dictionary: Path) -> None:
         sys.exit(problems[0])
 
 
+def checked_audio_files(manifest: Path) -> List[Tuple[Path, int]]:
+    """The manifest's ``(audio path, samples)``; a bad manifest or a missing audio file ends the run before the
+    model loads, naming the manifest line."""
+    try:
+        entries = audio_files(manifest)
+    except (ManifestError, FileNotFoundError) as error:
+        sys.exit(str(error))
+    for line, (path, _) in enumerate(entries, 2):
+        if not path.is_file():
+            sys.exit(f"{manifest}:{line}: {path}: no such file")
+    return entries
+
+
 def reference_words(manifest: Path, count: int) -> List[str]:
     wrd, ltr = manifest.with_suffix(".wrd"), manifest.with_suffix(".ltr")
     if wrd.exists():
@@ -189,6 +203,10 @@ def reference_words(manifest: Path, count: int) -> List[str]:
         refs = [letters_to_words(line.split()) for line in ltr.read_text().splitlines()]
     else:
         sys.exit(f"{manifest}: no {wrd.name} or {ltr.name} next to it to score against")
+    try:
+        refuse_bom(wrd if wrd.exists() else ltr)
+    except ManifestError as error:
+        sys.exit(str(error))
     if len(refs) != count:
         sys.exit(f"{wrd if wrd.exists() else ltr}: {len(refs)} lines for {count} utterances in {manifest}")
     return refs

@@ -17,6 +17,7 @@ normalised per utterance when the model was trained so (``task.normalize``). A `
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from maskssl_fairseq.data.manifests import audio_files  # noqa: E402
+from maskssl_fairseq.data.manifests import audio_files, nonfinite_problem  # noqa: E402
 from maskssl_fairseq.features import FeatureExtractor, select_layers  # noqa: E402
 
 
@@ -50,13 +51,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
+def read_audio(path: Path, sample_rate: int, where: str) -> torch.Tensor:
+    """The mono waveform of ``path``; ``where`` (``manifest:line``) names it when it cannot be used."""
     audio, rate = sf.read(str(path), dtype="float32")
     if audio.ndim != 1:
-        raise ValueError(f"{path}: {audio.ndim} channels; the models read mono audio")
+        raise ValueError(f"{where}: {path}: {audio.ndim} channels; the models read mono audio")
     if rate != sample_rate:
-        raise ValueError(f"{path}: {rate} Hz; the model reads {sample_rate} Hz audio")
+        raise ValueError(f"{where}: {path}: {rate} Hz; the model reads {sample_rate} Hz audio")
+    problem = nonfinite_problem(audio)
+    if problem:
+        sys.exit(f"{where}: {path}: {problem}")
     return torch.from_numpy(audio)
+
+
+FEATURE_FILE = re.compile(r"\d{6}\.npy")  # <n>.npy, as written below
+
+
+def owned_outputs(out: Path) -> list:
+    """What an earlier run wrote into ``out``: its ``<n>.npy`` files, ``index.tsv`` and ``timing.json`` (nothing
+    else is touched)."""
+    return [path for path in out.iterdir()
+            if FEATURE_FILE.fullmatch(path.name) or path.name in ("index.tsv", "timing.json")]
 
 
 def main(argv=None) -> None:
@@ -67,6 +82,11 @@ def main(argv=None) -> None:
     extractor = FeatureExtractor.from_checkpoint(args.checkpoint, args.data_dir, args.device)
     layer = None if args.layer == "all" else int(args.layer)
     args.out.mkdir(parents=True, exist_ok=True)
+    stale = owned_outputs(args.out)
+    for path in stale:  # an earlier run's features would otherwise stay beside this run's index.tsv
+        path.unlink()
+    if stale:
+        print(f"--force: removed {len(stale)} feature files and index of an earlier run from {args.out}")
 
     order = sorted(range(len(utterances)), key=lambda i: utterances[i][1])  # similar lengths, little padding
     index = [""] * len(utterances)
@@ -74,7 +94,8 @@ def main(argv=None) -> None:
     with tqdm(total=len(utterances), unit="utt", desc="features") as progress:
         for first in range(0, len(order), args.batch_size):
             batch = order[first:first + args.batch_size]
-            features = extractor([read_audio(utterances[i][0], extractor.sample_rate) for i in batch])
+            features = extractor([read_audio(utterances[i][0], extractor.sample_rate, f"{args.manifest}:{i + 2}")
+                                  for i in batch])
             selected = select_layers(features.layers, layer)  # [B, T, C] or [B, L+1, T, C]
             for row, i in enumerate(batch):
                 frames = int(features.lengths[row])

@@ -24,14 +24,17 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's maskssl_fairseq, not an installed one
+
 
 def read_labeled_manifest(tsv: Path) -> Tuple[List[Path], List[str]]:
-    from maskssl_fairseq.data.manifests import audio_files
+    from maskssl_fairseq.data.manifests import audio_files, refuse_bom
 
     entries = audio_files(tsv)
     label_file = tsv.with_suffix(".label")
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file}: no such label file (one class label per line, next to {tsv.name})")
+    refuse_bom(label_file)
     labels = label_file.read_text(encoding="utf-8").splitlines()
     if len(labels) != len(entries):
         raise ValueError(f"{label_file}:{min(len(labels), len(entries)) + 1}: {len(labels)} labels for "

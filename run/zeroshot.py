@@ -27,6 +27,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's maskssl_fairseq, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from linear_eval import load_encoder  # noqa: E402
 

@@ -84,8 +84,8 @@ def test_eat_finetunes_validates_and_keeps_the_best(eat_checkpoint, voice_task, 
     assert all(label in labels for _, label in rows) and [float(p) for p, _ in rows] == sorted((float(p) for p, _ in rows), reverse=True)
 
     # a fine-tuned checkpoint, or none, where a pretraining one is expected: the error names the field
-    for pretrained, expected in ((checkpoints / "checkpoint_best.pt", "a 'spectrogram_classifier' model, not one of "
-                                  "the spectrogram models (eat, m2d, msm_mae)"),
+    for pretrained, expected in ((checkpoints / "checkpoint_best.pt", "holds a 'spectrogram_classifier' model (a "
+                                  "fine-tuned model; it was fine-tuned from "),
                                  (tmp_path / "missing.pt", f"model.pretrained_path: no checkpoint at {tmp_path / 'missing.pt'}")):
         with pytest.raises(AssertionError) as failed:
             finetune(voice_task, pretrained, tmp_path / "wrong_kind", "optimization.max_update=1")

@@ -29,6 +29,7 @@ LETTER_DICTIONARY = "dict.ltr.txt"
 # Chunks keep the thread pool's per-task overhead small next to a local open (about 0.1 ms).
 IO_THREADS = 8
 IO_CHUNK = 256
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # libsndfile's float sample formats (WAV, AIFF, ...)
 
 
 class ManifestError(Exception):
@@ -39,10 +40,45 @@ class ManifestFormatError(ManifestError, ValueError):
     """A manifest line that cannot be read; the message names the file and line."""
 
 
+# A UTF-8 byte-order mark (Windows editors write one) is refused wherever a text input is read, never stripped:
+# fairseq's own readers (manifests, labels, dictionaries) would take it as part of the first path or symbol, and
+# so would any other tool given the same file; removing it once from the file fixes them all.
+BOM = "\ufeff"
+
+
+def bom_problem(path: Path) -> str:
+    """The message for a text file that starts with a byte-order mark, with the command that removes it."""
+    return (f"{path}:1: starts with a UTF-8 byte-order mark (BOM), which would become part of its first "
+            f"{'path' if path.suffix == '.tsv' else 'symbol'}; remove it: sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
+
+
+def refuse_bom(path: Path) -> None:
+    """Raises ``ManifestFormatError`` when the text file ``path`` starts with a UTF-8 byte-order mark."""
+    with open(path, "rb") as file:
+        if file.read(3) == BOM.encode("utf-8"):
+            raise ManifestFormatError(bom_problem(path))
+
+
+def nonfinite_problem(samples) -> str | None:
+    """What is wrong with audio samples (a numpy array or torch tensor) holding NaN or inf, else None.
+
+    Only float audio files (WAV subtype FLOAT or DOUBLE) can hold them; a cheap check on the host, once per read.
+    """
+    import numpy as np
+
+    finite = np.isfinite(np.asarray(samples))
+    if finite.all():
+        return None
+    bad = np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1))  # per sample (frame), over channels
+    return (f"{len(bad)} samples are NaN or inf (first at sample {int(bad[0])}); the models would train on, and "
+            "extract, NaN")
+
+
 def read_manifest(tsv: Path) -> tuple[Path, list[tuple[str, int]]]:
     """``(audio root, [(relative path, num_samples), ...])`` of a fairseq audio manifest."""
     if not tsv.is_file():
         raise FileNotFoundError(f"{tsv}: no such manifest")
+    refuse_bom(tsv)
     lines = tsv.read_text(encoding="utf-8").splitlines()
     if not lines or not lines[0].strip():
         raise ManifestFormatError(f"{tsv}:1: the first line must be the audio root directory")
@@ -234,8 +270,14 @@ def _write_all(out: Path, texts: dict[Path, str]) -> None:
 
 
 def text_lines(path: Path, problems: list[str]) -> list[str]:
-    """The lines of a UTF-8 text file; a byte that is not UTF-8 is reported at its line and ends the file there."""
+    """The lines of a UTF-8 text file; a byte that is not UTF-8 is reported at its line and ends the file there.
+
+    A byte-order mark is reported and left out of the lines, so that the other checks see the rest.
+    """
     data = path.read_bytes()
+    if data.startswith(BOM.encode("utf-8")):
+        problems.append(bom_problem(path))
+        data = data[len(BOM.encode("utf-8")):]
     try:
         return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as error:
@@ -245,15 +287,21 @@ def text_lines(path: Path, problems: list[str]) -> list[str]:
 
 
 def read_dictionary(path: Path, problems: list[str]) -> set[str]:
-    """The symbols of a fairseq ``Dictionary`` file (``<symbol> <count>[ #fairseq:overwrite]`` per line)."""
-    symbols = set()
+    """The symbols of a fairseq ``Dictionary`` file (``<symbol> <count>[ #fairseq:overwrite]`` per line).
+
+    A symbol listed twice without ``#fairseq:overwrite`` is a problem: fairseq's ``Dictionary`` refuses it.
+    """
+    first_at: dict[str, int] = {}
     for number, line in enumerate(text_lines(path, problems), 1):
+        overwrite = line.rstrip().endswith(" #fairseq:overwrite")
         symbol, _, count = line.removesuffix(" #fairseq:overwrite").rstrip().rpartition(" ")
         if not symbol or not count.isdigit():
             problems.append(f"{path}:{number}: expected '<symbol> <count>', got {line!r}")
+        elif symbol in first_at and not overwrite:
+            problems.append(f"{path}:{number}: the symbol {symbol!r} is listed again (first at line {first_at[symbol]})")
         else:
-            symbols.add(symbol)
-    return symbols
+            first_at.setdefault(symbol, number)
+    return set(first_at)
 
 
 def validate_manifest(
@@ -318,6 +366,11 @@ def _inspect_audio(path: Path) -> tuple[int, int, int] | str:
             decoded = error
         if decoded != 1:
             return f"truncated or corrupt audio: cannot decode sample {audio.frames} of {audio.frames} ({decoded})"
+        if audio.subtype in FLOAT_SUBTYPES:  # only float files can hold NaN or inf: read them whole
+            audio.seek(0)
+            problem = nonfinite_problem(audio.read(dtype="float32"))
+            if problem:
+                return problem
         return audio.channels, audio.samplerate, audio.frames
 
 
@@ -344,13 +397,16 @@ def _label_problems(label_file: Path, utterances: int, dictionary: Path) -> list
         return problems
     symbols = read_dictionary(dictionary, problems)
     lines = text_lines(label_file, problems)
+    trailing_blank = len(lines) == utterances + 1 and not lines[-1].strip()
     for number, line in enumerate(lines, 1):
         unknown = sorted(set(line.split()) - symbols)
-        if not line.strip():
+        if trailing_blank and number == len(lines):
+            problems.append(f"{label_file}:{number}: a blank line after the last label; delete it")
+        elif not line.strip():
             problems.append(f"{label_file}:{number}: empty label")
         elif unknown:
             problems.append(f"{label_file}:{number}: symbols not in {dictionary}: {' '.join(unknown)}")
-    if len(lines) != utterances:  # after the per-line problems, at the line where the files part
+    if len(lines) != utterances and not trailing_blank:  # after the per-line problems, at the line where the files part
         problems.append(
             f"{label_file}:{min(len(lines), utterances) + 1}: {len(lines)} label lines for {utterances} utterances"
         )

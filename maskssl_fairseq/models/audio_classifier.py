@@ -30,6 +30,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import MODEL_DATACLASS_REGISTRY, MODEL_REGISTRY, BaseFairseqModel, register_model
 from omegaconf import OmegaConf, open_dict
 
+from ..checkpoint_kinds import require_kind
 from ..masking import random_mask
 from ..modules.masked_spectrogram import MaskedSpectrogramModel
 
@@ -61,6 +62,8 @@ def load_pretrained(path: str, random_init: bool = False):
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.pretrained_path: no checkpoint at {path}")
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    require_kind("model.pretrained_path", path, state, lambda model: issubclass(model, MaskedSpectrogramModel),
+                 "a spectrogram pretraining checkpoint (eat, m2d, m2d_clap, msm_mae)")
     args = OmegaConf.to_container(OmegaConf.create(state["cfg"]["model"]), resolve=True)
     model = build_pretraining_model(args, f"model.pretrained_path ({path})")
     if random_init:  # the front-end statistics are data, not learned weights: keep them

@@ -21,6 +21,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, open_dict
 
+from ..data.manifests import refuse_bom
 from .spectrogram_pretraining import WaveformCropDataset
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def read_label_lines(path: Path, multi_label: bool) -> List[List[str]]:
     """The labels of every line of ``path``; a malformed line is a ``ValueError`` naming ``path:line``."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no label file beside the manifest")
+    refuse_bom(path)
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         labels = [label.strip() for label in line.split(",")] if multi_label else [line.strip()]
@@ -95,6 +97,7 @@ class SpectrogramClassificationTask(FairseqTask):
         data = Path(cfg.data)
         vocabulary = data / VOCABULARY
         if vocabulary.is_file():
+            refuse_bom(vocabulary)
             labels = [line.strip() for line in vocabulary.read_text(encoding="utf-8").splitlines() if line.strip()]
             if len(set(labels)) != len(labels):
                 raise ValueError(f"{vocabulary}: a label is listed twice")

@@ -29,7 +29,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
 from ..data.captions import CAPTION_SUFFIX, EMBEDDING_SUFFIX, CaptionEmbeddings
-from ..data.manifests import read_manifest
+from ..data.manifests import nonfinite_problem, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ def load_audio(
         raise RuntimeError(f"{where}: cannot read {path}: {error}") from error
     if audio.shape[0] == 0:
         raise RuntimeError(f"{where}: {path} has no samples from sample {offset}")
+    problem = nonfinite_problem(audio)
+    if problem:
+        raise ValueError(f"{where}: {path}: {problem}")
     waveform = torch.from_numpy(audio.mean(axis=1))
     if rate != sample_rate:
         waveform = torchaudio.functional.resample(waveform, rate, sample_rate)
@@ -122,6 +125,29 @@ class WaveformCropDataset(FairseqDataset):
 
     def size(self, index: int) -> int:
         return self.crop_samples
+
+    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        """fairseq's batches; in training a left-out remainder is logged, and a split that makes no batch is an
+        error that says what to change.
+
+        fairseq drops a last batch whose size is not a multiple of ``dataset.required_batch_size_multiple``
+        (8 by default): in training that is the remainder of the epoch (validation asks for a multiple of 1,
+        ``maskssl_fairseq.data.checked_inputs``).
+        """
+        multiple = required_batch_size_multiple
+        batches = super().batch_by_size(indices, max_tokens, max_sentences, multiple)
+        if self.random_crop and not batches and len(indices):
+            raise ValueError(
+                f"{self.manifest}: its {len(indices)} clips make no training batch of dataset.batch_size="
+                f"{max_sentences} (fairseq keeps only batches whose size is a multiple of "
+                f"dataset.required_batch_size_multiple={multiple}); set dataset.required_batch_size_multiple=1 to "
+                "keep a smaller last batch, or add clips")
+        left_out = len(indices) - sum(len(batch) for batch in batches)
+        if self.random_crop and left_out:
+            logger.warning(f"{self.manifest}: {left_out} of {len(indices)} clips left out of this epoch's training "
+                           f"batches (the last batch is not a multiple of dataset.required_batch_size_multiple="
+                           f"{multiple}; set it to 1 to keep them)")
+        return batches
 
     def ordered_indices(self) -> np.ndarray:
         if self.shuffle:
