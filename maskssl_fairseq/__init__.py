@@ -11,4 +11,6 @@ from . import distributed  # noqa: F401  (CPU pytorch_ddp; one random stream per
 from .data import seeded_crops  # noqa: F401  (fairseq's audio crops from seed, epoch and index)
 from . import seeded_fairseq_masks  # noqa: F401  (fairseq's wav2vec 2.0 / HuBERT masks from torch's seeded RNG)
 from . import guards  # noqa: F401  (a non-finite loss stops the run, naming its terms)
+from . import checkpoint_safety  # noqa: F401  (one run per save_dir, per-process temporary files, torn-checkpoint fallback)
+from . import preemption  # noqa: F401  (SIGTERM / SIGUSR1 / SIGINT: checkpoint at the update boundary, exit 75)
 from .features import hidden_states, load_model  # noqa: F401,E402  (layer features of any speech model)
