@@ -87,6 +87,24 @@ def partial_file(target: str) -> Iterator[str]:
 _fairseq_torch_persistent_save = checkpoint_utils.torch_persistent_save
 
 
+class _WriteErrorRecorder:
+    """A file's ``write`` that remembers the first system error: torch's zip writer replaces it with a
+    RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, None
+
+    def write(self, data):
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self):
+        return self.stream.flush()
+
+
 def torch_persistent_save(obj, filename, async_write: bool = False):
     """fairseq's checkpoint write, through :func:`partial_file` for local paths. fairseq retries a failed
     ``torch.save`` twice, 2.5 s apart, which cannot help a full disk; here a failure is reported at once."""
@@ -96,7 +114,13 @@ def torch_persistent_save(obj, filename, async_write: bool = False):
 
     with partial_file(filename) as partial:
         with open(partial, "wb") as stream:
-            torch.save(obj, stream)
+            recorder = _WriteErrorRecorder(stream)
+            try:
+                torch.save(obj, recorder)
+            except RuntimeError as error:
+                if recorder.error is None:
+                    raise
+                raise recorder.error from error
             stream.flush()
             os.fsync(stream.fileno())
 

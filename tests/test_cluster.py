@@ -1,0 +1,174 @@
+"""What a cluster job meets, through the real ``fairseq-hydra-train``: preemption signals, a second run on the
+same ``save_dir``, a stale lock, a full disk and a torn ``checkpoint_last.pt``.
+
+One tiny EH-MAM schedule (8 updates of 0.1 s, an interval checkpoint every 2) is trained once straight
+through; a chain of interrupted runs on one folder must reproduce its logged values and final weights exactly.
+"""
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import pytest
+import torch
+
+from helpers import PLUGIN_DIR, REPO, VENV_BIN, logged, run_checked
+from maskssl_fairseq.checkpoint_safety import LOCK_NAME
+from maskssl_fairseq.preemption import PREEMPTED_EXIT_STATUS
+from test_resume import EH_MAM, RANDOM_CROPS
+
+LAST = 8
+CHECKED = ("loss", "loss_regression", "loss_ranking", "masked_pct", "ranking_accuracy", "gnorm")
+
+
+def train_command(demo_corpus: Path, run_dir: Path, *overrides: str, save_dir: Path = None) -> List[str]:
+    return [
+        VENV_BIN / "fairseq-hydra-train", "--config-dir", EH_MAM, "--config-name", "tiny",
+        f"common.user_dir={PLUGIN_DIR}", "common.log_format=json", "common.log_interval=1", f"task.data={demo_corpus}",
+        f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={save_dir or run_dir / 'checkpoints'}", *RANDOM_CROPS,
+        f"optimization.max_update={LAST}", "checkpoint.save_interval_updates=2", *overrides,
+    ]
+
+
+def launch(cmd, preexec_fn: Optional[Callable] = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, preexec_fn=preexec_fn)
+
+
+def read_until(proc: subprocess.Popen, seen: List[str], marker: str) -> None:
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"ended (rc {proc.wait()}) before logging {marker!r}:\n{''.join(seen[-30:])}")
+
+
+def finish(proc: subprocess.Popen, seen: List[str]) -> str:
+    seen.extend(proc.stdout)
+    proc.wait()
+    return "".join(seen)
+
+
+def signalled_run(cmd, signum: int) -> str:
+    """Runs ``cmd``, sends ``signum`` once it logs its first update; returns the whole log."""
+    proc, seen = launch(cmd), []
+    read_until(proc, seen, "][train_inner][INFO]")
+    proc.send_signal(signum)
+    log = finish(proc, seen)
+    assert proc.returncode == PREEMPTED_EXIT_STATUS, log[-4000:]
+    return log
+
+
+def updates(log: str) -> List[int]:
+    return [int(record["num_updates"]) for record in logged(log)]
+
+
+def stopped_at(log: str, name: str) -> int:
+    line = next(line for line in log.splitlines() if f"stopped by {name} after update" in line)
+    return int(line.split("after update ")[1].split(":")[0])
+
+
+def checkpoint_updates(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["optimizer_history"][-1]["num_updates"]
+
+
+def assert_continues_reference(log: str, reference: dict, first: int, last: int) -> None:
+    assert updates(log) == list(range(first, last + 1)), updates(log)
+    for record in logged(log):
+        expected = reference[int(record["num_updates"])]
+        assert {key: record[key] for key in CHECKED} == {key: expected[key] for key in CHECKED}, record["num_updates"]
+
+
+@pytest.fixture(scope="module")
+def reference(demo_corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    log = run_checked(train_command(demo_corpus, run_dir))
+    records = {int(record["num_updates"]): record for record in logged(log)}
+    assert sorted(records) == list(range(1, LAST + 1))
+    assert not (run_dir / "checkpoints" / LOCK_NAME).exists()  # released at exit
+    state = torch.load(run_dir / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    return records, state
+
+
+def a_dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_preempted_full_disk_and_torn_checkpoint_runs_end_as_the_straight_one(reference, demo_corpus, tmp_path):
+    records, final_state = reference
+    cmd, folder = train_command(demo_corpus, tmp_path), tmp_path / "checkpoints"
+
+    # SIGTERM (Slurm preemption): the update under way finishes, checkpoint_last.pt holds it, exit 75
+    log = signalled_run(cmd, signal.SIGTERM)
+    first_stop = stopped_at(log, "SIGTERM")
+    assert "received SIGTERM" in log and updates(log)[-1] == first_stop < LAST
+    assert checkpoint_updates(folder / "checkpoint_last.pt") == first_stop
+    assert not (folder / LOCK_NAME).exists()
+
+    # a lock left by a process that died: taken over, with the dead pid named; then a Ctrl-C stops like SIGTERM
+    dead = a_dead_pid()
+    (folder / LOCK_NAME).write_text(f'{{"host": "{socket.gethostname()}", "pid": {dead}, "started": "earlier"}}\n')
+    log = signalled_run(cmd, signal.SIGINT)
+    assert f"taking over the stale lock {folder / LOCK_NAME} of host {socket.gethostname()} pid {dead}" in log
+    second_stop = stopped_at(log, "SIGINT")
+    assert_continues_reference(log, records, first_stop + 1, second_stop)  # bit for bit from the SIGTERM update
+    assert checkpoint_updates(folder / "checkpoint_last.pt") == second_stop < LAST
+
+    # the next save hits a full disk (RLIMIT_FSIZE: EFBIG past 2 MiB, as a full disk stops a write midway)
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    proc = launch(cmd, preexec_fn=small_files)
+    log = finish(proc, [])
+    assert proc.returncode not in (0, PREEMPTED_EXIT_STATUS), log[-3000:]
+    failed_at = second_stop + 2 - second_stop % 2
+    assert f"could not write checkpoint_1_{failed_at}.pt in {folder} (" in log and " MiB free): File too large" in log
+    assert_continues_reference(log, records, second_stop + 1, failed_at)
+    assert not list(folder.glob("*.tmp")), list(folder.iterdir())
+    assert checkpoint_updates(folder / "checkpoint_last.pt") == second_stop  # intact
+    assert not (folder / LOCK_NAME).exists()
+
+    # a torn checkpoint_last.pt: the newest readable interval checkpoint takes over, with both named
+    last = folder / "checkpoint_last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    interval = max(folder.glob("checkpoint_1_*.pt"), key=lambda path: path.stat().st_mtime)
+    fallback_updates = checkpoint_updates(interval)
+    log = run_checked(cmd)
+    assert f"{last} does not load (" in log and f"resuming from {interval}," in log
+    assert_continues_reference(log, records, fallback_updates + 1, LAST)
+    state = torch.load(last, map_location="cpu", weights_only=False)["model"]
+    assert state.keys() == final_state.keys()
+    assert all(torch.equal(state[key], value) for key, value in final_state.items() if key != "_ema")
+    assert not list(folder.glob("*.tmp")) and not (folder / LOCK_NAME).exists()
+
+
+def test_a_second_run_on_the_folder_refuses_and_a_second_ctrl_c_exits_at_once(demo_corpus, tmp_path):
+    # four micro-batches per update: a Ctrl-C lands well inside an update
+    slow = ["optimization.max_update=100", "optimization.update_freq=[4]"]
+    first, seen = launch(train_command(demo_corpus, tmp_path, *slow)), []
+    read_until(first, seen, "][train_inner][INFO]")
+
+    cmd = train_command(demo_corpus, tmp_path / "elsewhere", *slow, save_dir=tmp_path / "checkpoints")
+    second = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=120)
+    assert second.returncode != 0
+    assert (f"checkpoint.save_dir={tmp_path / 'checkpoints'} is in use by another training run "
+            f"(host {socket.gethostname()} pid {first.pid}") in second.stdout, second.stdout[-3000:]
+    assert "Start iterating over samples" not in second.stdout  # refused before building anything
+
+    first.send_signal(signal.SIGINT)
+    read_until(first, seen, "received SIGINT")
+    first.send_signal(signal.SIGINT)
+    log = finish(first, seen)
+    assert first.returncode == -signal.SIGINT, log[-3000:]  # a shell reports 130
+    assert "second SIGINT: stopped without saving" in log and "stopped by SIGINT" not in log
+    assert not (tmp_path / "checkpoints" / LOCK_NAME).exists()
