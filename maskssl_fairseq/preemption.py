@@ -5,7 +5,8 @@ a first ``SIGINT`` (Ctrl-C) let the current update finish; then every rank stops
 ranks agree through an all-reduce after each update, so a signal seen by one rank stops all), the checkpoint is
 written as fairseq writes it (``checkpoint_last.pt`` atomically, plus any interval checkpoint due at that
 update), and the process exits with :data:`PREEMPTED_EXIT_STATUS`. Running the same command again resumes
-exactly where it stopped. A second ``SIGINT`` exits at once, as Ctrl-C does without the plugin.
+exactly where it stopped. A second ``SIGINT`` exits at once, as Ctrl-C does without the plugin (except in the
+workers of fairseq's spawn launch, see :meth:`StopRequest.install`).
 
 Exit statuses: 0 training finished; 75 (``EX_TEMPFAIL``) stopped by a signal with the checkpoint written,
 to be resumed; 130 or -2 a second Ctrl-C, nothing written since the last checkpoint; anything else a failure.
@@ -15,6 +16,7 @@ checkpoint (``checkpoint_utils.load_checkpoint``), so the plugin's other tools k
 """
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -37,11 +39,12 @@ class StopRequest:
 
     def __init__(self):
         self.signal_name = None
+        self.spawned_worker = False
         self.saved_at = None  # the update of the last checkpoint written, so that a stop does not write it twice
 
     def handle(self, signum, frame):
         name = signal.Signals(signum).name
-        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+        if signum == signal.SIGINT and self.signal_name == "SIGINT" and not self.spawned_worker:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt("second SIGINT: stopped without saving")
         if self.signal_name is None:
@@ -50,6 +53,10 @@ class StopRequest:
             logger.warning(f"received {name}: stopping after the current update with a checkpoint{again}")
 
     def install(self):
+        # A worker of fairseq's own spawn launch gets SIGINT when its launcher dies (torch sets it as the
+        # parent-death signal), and the launcher, which does not load the plugin, dies at the first Ctrl-C: that
+        # second SIGINT must not cost the checkpoint.
+        self.spawned_worker = multiprocessing.parent_process() is not None
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.handle)
 
