@@ -2,15 +2,18 @@
 same ``save_dir``, a stale lock, a full disk and a torn ``checkpoint_last.pt``.
 
 One tiny EH-MAM schedule (8 updates of 0.1 s, an interval checkpoint every 2) is trained once straight
-through; a chain of interrupted runs on one folder must reproduce its logged values and final weights exactly.
+through; a chain of interrupted runs on one folder meets every fault in turn and must reproduce its logged
+values and final weights exactly. Four training processes and one refused at its start, about 30 s of CPU.
 """
 
+import contextlib
 import os
 import resource
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -19,19 +22,20 @@ import torch
 
 from helpers import PLUGIN_DIR, REPO, VENV_BIN, logged, run_checked
 from maskssl_fairseq.checkpoint_safety import LOCK_NAME
-from maskssl_fairseq.preemption import PREEMPTED_EXIT_STATUS
+from maskssl_fairseq.preemption import PREEMPTED_EXIT_STATUS, STOP_SIGNALS, StopRequest
 from test_resume import EH_MAM, RANDOM_CROPS
 
 LAST = 8
 CHECKED = ("loss", "loss_regression", "loss_ranking", "masked_pct", "ranking_accuracy", "gnorm")
 
 
-def train_command(demo_corpus: Path, run_dir: Path, *overrides: str, save_dir: Path = None) -> List[str]:
+def train_command(demo_corpus: Path, run_dir: Path, *overrides: str, save_dir: Path = None,
+                  max_update: int = LAST) -> List[str]:
     return [
         VENV_BIN / "fairseq-hydra-train", "--config-dir", EH_MAM, "--config-name", "tiny",
         f"common.user_dir={PLUGIN_DIR}", "common.log_format=json", "common.log_interval=1", f"task.data={demo_corpus}",
         f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={save_dir or run_dir / 'checkpoints'}", *RANDOM_CROPS,
-        f"optimization.max_update={LAST}", "checkpoint.save_interval_updates=2", *overrides,
+        f"optimization.max_update={max_update}", "checkpoint.save_interval_updates=2", *overrides,
     ]
 
 
@@ -49,6 +53,16 @@ def read_until(proc: subprocess.Popen, seen: List[str], marker: str) -> None:
     raise AssertionError(f"ended (rc {proc.wait()}) before logging {marker!r}:\n{''.join(seen[-30:])}")
 
 
+@contextlib.contextmanager
+def killed_on_failure(proc: subprocess.Popen):
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def finish(proc: subprocess.Popen, seen: List[str]) -> str:
     seen.extend(proc.stdout)
     proc.wait()
@@ -56,12 +70,19 @@ def finish(proc: subprocess.Popen, seen: List[str]) -> str:
 
 
 def signalled_run(cmd, signum: int, after_update: int, preexec_fn: Optional[Callable] = None,
-                  status: int = PREEMPTED_EXIT_STATUS) -> str:
-    """Runs ``cmd``, sends ``signum`` once it logs update ``after_update``; returns the whole log."""
+                  status: int = PREEMPTED_EXIT_STATUS, meanwhile: Optional[Callable] = None) -> str:
+    """Runs ``cmd``, sends ``signum`` once it logs update ``after_update``; returns the whole log.
+
+    ``meanwhile(proc)`` runs while the training process is held there (SIGSTOP)."""
     proc, seen = launch(cmd, preexec_fn), []
-    read_until(proc, seen, f'"num_updates": "{after_update}"')
-    proc.send_signal(signum)
-    log = finish(proc, seen)
+    with killed_on_failure(proc):
+        read_until(proc, seen, f'"num_updates": "{after_update}"')
+        if meanwhile is not None:
+            proc.send_signal(signal.SIGSTOP)
+            meanwhile(proc)
+            proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signum)
+        log = finish(proc, seen)
     assert proc.returncode == status, log[-4000:]
     return log
 
@@ -103,12 +124,22 @@ def a_dead_pid() -> int:
     return proc.pid
 
 
-def test_preempted_full_disk_and_torn_checkpoint_runs_end_as_the_straight_one(reference, demo_corpus, tmp_path):
+def test_preempted_refused_full_disk_and_torn_checkpoint_runs_end_as_the_straight_one(reference, demo_corpus, tmp_path):
     records, final_state = reference
     cmd, folder = train_command(demo_corpus, tmp_path), tmp_path / "checkpoints"
 
-    # SIGTERM (Slurm preemption): the update under way finishes, checkpoint_last.pt holds it, exit 75
-    log = signalled_run(cmd, signal.SIGTERM, after_update=2)
+    # held (SIGSTOP) while a second run on its folder refuses to start, naming it; then SIGTERM (Slurm
+    # preemption): the update under way finishes, checkpoint_last.pt holds it, exit 75
+    def second_run(first: subprocess.Popen) -> None:
+        other = train_command(demo_corpus, tmp_path / "elsewhere", save_dir=folder)
+        second = subprocess.run([str(c) for c in other], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, timeout=300)
+        assert second.returncode != 0
+        assert (f"checkpoint.save_dir={folder} is in use by another training run (host {socket.gethostname()} "
+                f"pid {first.pid}") in second.stdout, second.stdout[-3000:]
+        assert "num. shared model params" not in second.stdout  # refused before building a model
+
+    log = signalled_run(cmd, signal.SIGTERM, after_update=2, meanwhile=second_run)
     first_stop = stopped_at(log, "SIGTERM")
     assert "received SIGTERM" in log and updates(log)[-1] == first_stop < LAST
     assert checkpoint_updates(folder / "checkpoint_last.pt") == first_stop
@@ -151,24 +182,16 @@ def test_preempted_full_disk_and_torn_checkpoint_runs_end_as_the_straight_one(re
     assert not list(folder.glob("*.tmp")) and not (folder / LOCK_NAME).exists()
 
 
-def test_a_second_run_on_the_folder_refuses_and_a_second_ctrl_c_exits_at_once(demo_corpus, tmp_path):
-    # four micro-batches per update: a Ctrl-C lands well inside an update
-    slow = ["optimization.max_update=100", "optimization.update_freq=[4]"]
-    first, seen = launch(train_command(demo_corpus, tmp_path, *slow)), []
-    read_until(first, seen, "][train_inner][INFO]")
-
-    cmd = train_command(demo_corpus, tmp_path / "elsewhere", *slow, save_dir=tmp_path / "checkpoints")
-    second = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=120)
-    assert second.returncode != 0
-    assert (f"checkpoint.save_dir={tmp_path / 'checkpoints'} is in use by another training run "
-            f"(host {socket.gethostname()} pid {first.pid}") in second.stdout, second.stdout[-3000:]
-    assert "Start iterating over samples" not in second.stdout  # refused before building anything
-
-    first.send_signal(signal.SIGINT)
-    read_until(first, seen, "received SIGINT")
-    first.send_signal(signal.SIGINT)
-    log = finish(first, seen)
-    assert first.returncode == -signal.SIGINT, log[-3000:]  # a shell reports 130
-    assert "second SIGINT: stopped without saving" in log and "stopped by SIGINT" not in log
-    assert not (tmp_path / "checkpoints" / LOCK_NAME).exists()
+def test_a_second_ctrl_c_exits_at_once():
+    """The handler a training run installs: the first Ctrl-C asks for the stop, the second raises at once."""
+    request, previous = StopRequest(), {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        request.install()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert request.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT: stopped without saving"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs first
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
