@@ -149,19 +149,33 @@ def _this_holder() -> dict:
     }
 
 
+def _parsed(text: Optional[str]) -> dict:
+    try:
+        holder = json.loads(text or "")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def _describe(holder: dict) -> str:
+    if not holder:
+        return "an unknown run"
     job = f", Slurm job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
-    return f"host {holder.get('host')} pid {holder.get('pid')}{job}, started {holder.get('started')}"
+    started = f", started {holder['started']}" if holder.get("started") else ""
+    return f"host {holder.get('host')} pid {holder.get('pid')}{job}{started}"
 
 
 def stale_reason(holder: dict, lock: Path) -> Optional[str]:
     """Why the run named in a lock file has certainly stopped, or None when it may still be running."""
     me = _this_holder()
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return "the lock file names no process"
     if holder.get("host") == me["host"]:
-        if holder.get("pid") == me["pid"]:
-            return "this process"
-        if not _process_alive(int(holder.get("pid", -1))):
-            return f"pid {holder.get('pid')} no longer runs on {me['host']}"
+        if pid == me["pid"]:
+            return f"pid {pid} is this process now: the run that held it has ended"
+        if not _process_alive(pid):
+            return f"pid {pid} no longer runs on {me['host']}"
         return None
     if me["slurm_job_id"] and holder.get("slurm_job_id") == me["slurm_job_id"] \
             and int(holder.get("slurm_restart_count", 0)) < me["slurm_restart_count"]:
@@ -205,28 +219,36 @@ class SaveDirLock:
         threading.Thread(target=self._heartbeat, name="save_dir-lock-heartbeat", daemon=True).start()
         logger.info(f"holding {self.path} ({_describe(self.holder)})")
 
+    def _in_use(self, holder: dict) -> RuntimeError:
+        return RuntimeError(
+            f"checkpoint.save_dir={self.path.parent} is in use by another training run ({_describe(holder)}; "
+            f"lock file {self.path}). Wait for it to end or stop it, or give this run its own checkpoint.save_dir; "
+            f"if that run is gone (a lost node), delete {self.path}.")
+
     def _take_over_if_stale(self) -> None:
         try:
-            holder = json.loads(self.path.read_text())
+            judged = self.path.read_text()
+            reason = stale_reason(json.loads(judged), self.path)
         except FileNotFoundError:
             return  # released meanwhile: try again
-        except (OSError, ValueError):
-            holder = {}
+        except (OSError, ValueError, AttributeError):
+            judged, reason = None, "the lock file is unreadable"
+        holder = _parsed(judged)
+        if reason is None:
+            raise self._in_use(holder)
+        logger.warning(f"taking over the stale lock {self.path} of {_describe(holder)}: {reason}")
+        aside = Path(f"{self.path}.{process_tag()}.stale")
         try:
-            reason = stale_reason(holder, self.path) if holder else "the lock file is unreadable"
+            os.replace(self.path, aside)
         except FileNotFoundError:
             return
-        if reason is None:
-            raise RuntimeError(
-                f"checkpoint.save_dir={self.path.parent} is in use by another training run ({_describe(holder)}; "
-                f"lock file {self.path}). Wait for it to end or stop it, or give this run its own checkpoint.save_dir; "
-                f"if that run is gone (a lost node), delete {self.path}.")
-        if reason != "this process":
-            logger.warning(f"taking over the stale lock {self.path} of {_describe(holder)}: {reason}")
-        aside = Path(f"{self.path}.{process_tag()}.stale")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.path, aside)
+        moved = aside.read_text()
+        if judged is not None and moved != judged:  # another run took it over meanwhile: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
             aside.unlink()
+            raise self._in_use(_parsed(moved))
+        aside.unlink()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

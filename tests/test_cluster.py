@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from helpers import PLUGIN_DIR, REPO, VENV_BIN, logged, run_checked
-from maskssl_fairseq.checkpoint_safety import LOCK_NAME
+from maskssl_fairseq.checkpoint_safety import LOCK_NAME, unreadable_reason
 from maskssl_fairseq.preemption import PREEMPTED_EXIT_STATUS, STOP_SIGNALS, StopRequest
 from test_resume import EH_MAM, RANDOM_CROPS
 
@@ -195,3 +195,18 @@ def test_a_second_ctrl_c_exits_at_once():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_a_torn_or_damaged_checkpoint_is_told_from_a_whole_one_without_loading_it(tmp_path):
+    whole = tmp_path / "checkpoint_last.pt"
+    torch.save({"model": {"w": torch.arange(100_000, dtype=torch.float32)}}, whole)
+    data = whole.read_bytes()
+    assert unreadable_reason(str(whole)) is None
+    torn, flipped = tmp_path / "torn.pt", tmp_path / "flipped.pt"
+    torn.write_bytes(data[: len(data) // 2])
+    middle = len(data) // 2  # inside the tensor's bytes: the file still opens, one CRC fails
+    flipped.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    assert "BadZipFile" in unreadable_reason(str(torn))
+    assert "fails its CRC" in unreadable_reason(str(flipped))
+    with pytest.raises(Exception):
+        torch.load(torn, weights_only=True)
