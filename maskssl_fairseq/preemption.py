@@ -106,8 +106,11 @@ def validate_and_save(cfg, trainer, task, epoch_itr, valid_subsets, end_of_epoch
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the first rank has written the checkpoint before any rank exits
     reason = stop_request.signal_name or "a stop signal on another rank"
-    logger.warning(f"stopped by {reason} after update {updates}: {cfg.checkpoint.save_dir}/checkpoint_last.pt "
-                   f"holds it; exit status {PREEMPTED_EXIT_STATUS} (preempted: run the same command to resume)")
+    saved = "no checkpoint written (checkpoint.no_save / no_last_checkpoints)" \
+        if cfg.checkpoint.no_save or cfg.checkpoint.no_last_checkpoints \
+        else f"{cfg.checkpoint.save_dir}/checkpoint_last.pt holds it"
+    logger.warning(f"stopped by {reason} after update {updates}: {saved}; exit status {PREEMPTED_EXIT_STATUS} "
+                   "(preempted: run the same command to resume)")
     raise SystemExit(PREEMPTED_EXIT_STATUS)
 
 
