@@ -14,4 +14,6 @@ from . import seeded_fairseq_masks  # noqa: F401  (fairseq's wav2vec 2.0 / HuBER
 from . import checkpoint_kinds  # noqa: F401  (model.w2v_path of the wrong kind: field, kind found, kind expected)
 from . import guards  # noqa: F401  (a non-finite loss stops the run, naming its terms)
 from . import mixed_precision  # noqa: F401  (fairseq's amp / fp16 wrappers with the composite optimizer, one unscale)
+from . import checkpoint_safety  # noqa: F401  (one run per save_dir, per-process temporary files, torn-checkpoint fallback)
+from . import preemption  # noqa: F401  (SIGTERM / SIGUSR1 / SIGINT: checkpoint at the update boundary, exit 75)
 from .features import hidden_states, load_model  # noqa: F401,E402  (layer features of any speech model)

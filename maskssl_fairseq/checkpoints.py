@@ -24,6 +24,8 @@ from fairseq.data import Dictionary
 from fairseq.file_io import PathManager
 from fairseq.trainer import Trainer
 
+from .checkpoint_safety import partial_file
+
 torch.serialization.add_safe_globals([Dictionary])
 
 
@@ -56,12 +58,11 @@ def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
         return _fairseq_copy(src_path, dst_path, overwrite=overwrite)
     if not overwrite and os.path.exists(dst_path):
         return False
-    partial = f"{dst_path}.tmp"
-    with open(src_path, "rb") as source, open(partial, "wb") as target:
-        shutil.copyfileobj(source, target, length=16 << 20)
-        target.flush()
-        os.fsync(target.fileno())
-    os.replace(partial, dst_path)
+    with partial_file(dst_path) as partial:  # this process's own temporary name, removed if the copy fails
+        with open(src_path, "rb") as source, open(partial, "wb") as target:
+            shutil.copyfileobj(source, target, length=16 << 20)
+            target.flush()
+            os.fsync(target.fileno())
     return True
 
 

@@ -11,7 +11,13 @@
    several draw the same masks for the same utterances, and a resumed run draws what an uninterrupted one
    would. Position 0 keeps fairseq's seed, so single-process runs with ``update_freq=1`` are unchanged.
 
-Both are installed when the plugin is imported (``common.user_dir``), in every rank's process. Models with
+3. **Resuming on several processes.** fairseq's first rank reads the checkpoint and broadcasts its non-tensor
+   part (config, optimizer history, iterator position) to the others, which read it back with ``torch.load``;
+   since torch 2.6 that call refuses the checkpoint's ``DictConfig`` ("Weights only load failed"), so every
+   distributed restart died on rank 1. Here that part travels with torch's ``broadcast_object_list``: it comes
+   from rank 0 of the same run, which has just loaded the file with the plugin's loader.
+
+All three are installed when the plugin is imported (``common.user_dir``), in every rank's process. Models with
 a teacher that every rank steps on its own (EMA) check that it stays identical across ranks
 (:func:`check_identical_across_ranks`).
 """
@@ -87,8 +93,17 @@ def train_step(self, sample, model, criterion, optimizer, update_num, ignore_gra
     return _fairseq_train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
 
+def broadcast_object_slow(obj, src_rank: int, group, dist_device):
+    """Replaces fairseq's ``_broadcast_object_slow`` (same arguments: ``src_rank`` a global rank, as fairseq's
+    own broadcast takes it)."""
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src_rank, group=group, device=dist_device)
+    return holder[0]
+
+
 models.DistributedFairseqModel = distributed_model
 FairseqTask.train_step = train_step
+distributed_utils._broadcast_object_slow = broadcast_object_slow
 
 
 def rank_check_due(num_updates: int) -> bool:
