@@ -21,8 +21,9 @@ CTC fine-tuning). One ``trainer.train_step`` warms up (lazy one-time moves), the
 Every sync is charged to the innermost frame of the plugin or of fairseq on its Python stack (for a backward
 op, on the stack that built the autograd node): ``model`` (``models/``, ``modules/``, ``masking/``),
 ``criterion`` (``criterions/``), ``plugin`` (our other hooks into fairseq's step, e.g. ``guards.py``) and
-``fairseq`` (its trainer and its logging of the criterion's outputs). The budget is ours: model +
-criterion + plugin.
+``fairseq`` (its trainer and its logging: the ``model`` criterion's ``float()`` of the log keys, every
+``reduce_metrics``). Whatever runs inside the model's forward or backward is the model's, fairseq's modules
+(a HuBERT teacher) included. The budget is ours: model + criterion + plugin.
 """
 
 import argparse
@@ -58,7 +59,7 @@ METHODS = {
     "m2d_clap": ("examples/m2d_clap/tiny.yaml", []),
     "eat": ("examples/eat/tiny.yaml", []),
     "armhubert": ("examples/armhubert/tiny.yaml", []),
-    "ctc": ("examples/finetune/tiny.yaml", []),
+    "ctc": ("examples/eh_mam/finetune_tiny.yaml", []),
 }
 OURS = ("model", "criterion", "plugin")
 
@@ -124,24 +125,30 @@ class Sync:
     site: str
 
 
-def _site(frames: List[traceback.FrameSummary]) -> tuple:
-    """(part, "file:line (function)") of the innermost plugin or fairseq frame."""
-    for frame in reversed(frames):
-        path = Path(frame.filename)
-        if path == Path(__file__).resolve():
-            continue
+def _site(frames: List[traceback.FrameSummary], phase: str) -> tuple:
+    """(part, "file:line (function)") of the innermost plugin or fairseq frame.
+
+    Whatever runs in the model's forward or backward is the model's (fairseq's modules inside it too);
+    elsewhere our ``criterions/`` are the criterion, ``reduce_metrics`` and fairseq's own code (its trainer,
+    its ``model`` criterion reading the log keys) are fairseq's logging, the rest of ours the plugin."""
+    stack = [f for f in frames if Path(f.filename).resolve() != Path(__file__).resolve()]
+    logging_frame = any(f.name == "reduce_metrics" for f in stack)
+    for frame in reversed(stack):
+        path = Path(frame.filename).resolve()
         try:
-            relative = path.resolve().relative_to(PLUGIN)
-            top = relative.parts[0]
-            part = ("model" if top in ("models", "modules", "masking") else "criterion" if top == "criterions"
-                    else "plugin")
-            return part, f"maskssl_fairseq/{relative}:{frame.lineno} ({frame.name})"
+            relative = path.relative_to(PLUGIN)
         except ValueError:
-            pass
+            relative = None
+        if relative is not None:
+            top = relative.parts[0]
+            part = ("model" if phase in ("model", "backward") or top in ("models", "modules", "masking")
+                    else "fairseq" if logging_frame else "criterion" if top == "criterions" else "plugin")
+            return part, f"maskssl_fairseq/{relative}:{frame.lineno} ({frame.name})"
         parts = path.parts
         if "fairseq" in parts or "fairseq_cli" in parts:
             where = parts.index("fairseq") if "fairseq" in parts else parts.index("fairseq_cli")
-            return "fairseq", f"{'/'.join(parts[where:])}:{frame.lineno} ({frame.name})"
+            part = "model" if phase == "model" else "fairseq"
+            return part, f"{'/'.join(parts[where:])}:{frame.lineno} ({frame.name})"
     return "other", "?"
 
 
@@ -180,8 +187,9 @@ class SyncCounter(TorchDispatchMode):
         if kind:
             backward = _forward_frames()
             frames = backward if backward is not None else traceback.extract_stack()
-            part, site = _site(frames)
-            self.syncs.append(Sync(kind, "backward" if backward is not None else self.phases[-1], part, site))
+            phase = "backward" if backward is not None else self.phases[-1]
+            part, site = _site(frames, phase)
+            self.syncs.append(Sync(kind, phase, part, site))
         return out
 
     @contextlib.contextmanager
@@ -241,14 +249,14 @@ def write_captions(root: Path, split: str, clips: int, dim: int) -> None:
 
 def make_data(root: Path, caption_dim: Optional[int], labels: bool) -> None:
     # lengths differ, as in real corpora: tasks that pad (ARMHuBERT, fine-tuning) see padding
-    for split, seconds in (("pretrain", [2.0, 2.5, 3.0, 3.5, 2.2, 2.8, 3.2, 2.4]), ("dev", [2.0, 2.6])):
+    for split, seconds in (("pretrain", [2.0, 2.5, 3.0, 3.5, 2.2, 2.8, 3.2, 2.4] * 2), ("dev", [2.0, 2.6])):
         write_clips(root, split, seconds, seed=len(split))
         if caption_dim:
             write_captions(root, split, len(seconds), caption_dim)
     if labels:
         for split in ("train_10m", "train_1h"):
-            write_clips(root, split, [2.0, 2.5, 3.0, 2.2, 2.8, 2.4], seed=len(split))
-            write_labels(root, split, 6)
+            write_clips(root, split, [2.0, 2.5, 3.0, 2.2, 2.8, 2.4] * 3, seed=len(split))
+            write_labels(root, split, 18)
         write_labels(root, "dev", 2)
 
 
@@ -260,6 +268,8 @@ def compose(config: Path, overrides: List[str]):
     from fairseq.dataclass.initialize import add_defaults, hydra_init
     from fairseq.dataclass.utils import omegaconf_no_object_check
     from omegaconf import OmegaConf
+
+    import maskssl_fairseq  # noqa: F401  (registers our tasks and models before add_defaults reads them)
 
     GlobalHydra.instance().clear()
     hydra_init(config.stem)  # fairseq's schema under the config's name, as fairseq-hydra-train does
@@ -335,6 +345,7 @@ def prepared_overrides(config: Path, overrides: List[str], work: Path, quiet: bo
             pre_cfg = compose(pre_config, [f"task.data={data}", f"checkpoint.save_dir={work / 'pretrain'}",
                                            f"common.user_dir={PLUGIN}"])
             trainer, _ = build_trainer(pre_cfg)
+            trainer.consolidate_optimizer()
             trainer.save_checkpoint(str(pretrained), {})
         extra.append(f"model.w2v_path={pretrained}")
     return extra + overrides

@@ -245,6 +245,8 @@ class ArmHubertModel(BaseFairseqModel):
         if self.encoder.layerdrop > 0:
             raise ValueError("model.encoder_layerdrop must be 0 for distillation: every layer has a target")
         teacher = self.load_teacher()
+        if padding_mask is not None and not padding_mask.any():  # one host read instead of one per use
+            padding_mask = None
         features, frame_padding = self.front_end(source, padding_mask)
         mask = None
         if self.training and self.cfg.mask_prob > 0:

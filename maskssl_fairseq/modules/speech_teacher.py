@@ -69,8 +69,7 @@ class FrozenTeacher(nn.Module):
         if mask is not None:
             if mask.shape != features.shape[:2]:
                 raise ValueError(f"the teacher makes {features.shape[1]} frames but the mask has {mask.shape[1]}")
-            masked = features.clone()
-            masked[mask] = self.mask_embedding.to(masked.dtype)
+            masked = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(features.dtype), features)
             features = torch.cat([features, masked])  # one encoder pass for both views
             if frame_padding is not None:
                 frame_padding = torch.cat([frame_padding, frame_padding])
