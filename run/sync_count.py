@@ -404,7 +404,7 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. model.encoder_layers=1")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every site (file:line) with its count")
     parser.add_argument("--work", type=Path, help="where the tiny data and checkpoints go (default: a temp dir)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
