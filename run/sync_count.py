@@ -30,7 +30,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import math
 import os
 import sys
 import tempfile
@@ -307,13 +306,13 @@ def train_steps(trainer, epoch_itr, steps: int):
         yield samples
 
 
-def needs(config: Path) -> Dict[str, object]:
+def needs(config: Path) -> Dict[str, bool]:
     text = config.read_text()
     return {"captions": "captions: true" in text, "teacher": "teacher_path: ???" in text,
-            "pretrained": "w2v_path: ???" in text, "labels": "audio_finetuning" in text}
+            "pretrained": "w2v_path: ???" in text}
 
 
-def prepared_overrides(config: Path, overrides: List[str], work: Path, quiet: bool) -> List[str]:
+def prepared_overrides(config: Path, overrides: List[str], work: Path) -> List[str]:
     need = needs(config)
     data = work / "data"
     if not data.exists():
@@ -357,7 +356,7 @@ def count(config: Path, overrides: List[str], work: Path, quiet: bool = True) ->
 
     if quiet:
         logging.disable(logging.WARNING)
-    cfg = compose(config, prepared_overrides(config, overrides, work, quiet))
+    cfg = compose(config, prepared_overrides(config, overrides, work))
     trainer, epoch_itr = build_trainer(cfg)
     counter = SyncCounter()
     _wrap_forward(trainer.model, counter, "model")
