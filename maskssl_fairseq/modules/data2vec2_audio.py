@@ -169,7 +169,7 @@ class SelfAttention(nn.Module):
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),  # a no-op: built in q's dtype
+            q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),  # a no-op where built in q's dtype
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
         return self.proj_dropout(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
@@ -281,16 +281,16 @@ class ContextEncoder(nn.Module):
         return -distance.unsqueeze(1) * self.slopes.view(1, -1, 1, 1)
 
     def layer_bias(self, alibi: Optional[torch.Tensor], padding: Optional[torch.Tensor], layer: int,
-                   dtype: torch.dtype):
-        """The additive attention bias of one layer in the attention's ``dtype``: scaled ALiBi plus -inf at
-        padded keys (added after the scaling, so that the scale's gradient stays finite)."""
+                   dtype: Optional[torch.dtype] = None):
+        """The additive attention bias of one layer (in ``dtype``, the attention's, else fp32): scaled ALiBi plus
+        -inf at padded keys (added after the scaling, so that the scale's gradient stays finite)."""
         bias = None
         if alibi is not None:
             scale = self.alibi_scale[layer if self.alibi_scale.size(0) > 1 else 0].clamp(min=0)
             bias = alibi * scale.view(1, -1, 1, 1)
         if padding is not None:
             bias = padding if bias is None else bias + padding
-        return None if bias is None else bias.to(dtype)
+        return bias if bias is None or dtype is None else bias.to(dtype)
 
     def layer_biases(self, alibi: Optional[torch.Tensor], padding: Optional[torch.Tensor], dtype: torch.dtype):
         """The bias of every layer (prenet first): one tensor for all where the ALiBi scale is shared
