@@ -147,3 +147,21 @@ def test_unequal_mask_counts_fail_clearly():
     mask[0, :5] = True
     with pytest.raises(ValueError, match="same number of frames"):
         model.encoder(torch.randn(2, 20, 32), mask=mask)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_alibi_bias_is_built_once_per_forward_in_the_attention_dtype(per_layer):
+    encoder = data2vec2(learned_alibi_scale_per_layer=per_layer).encoder
+    with torch.no_grad():
+        encoder.alibi_scale.uniform_(0.5, 2.0)
+    positions = torch.arange(7).expand(2, -1)
+    padding = torch.zeros(2, 1, 1, 7).masked_fill(torch.arange(7) >= 5, float("-inf"))
+    alibi = encoder.alibi_bias(positions)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        biases = encoder.layer_biases(alibi, padding, torch.bfloat16)
+    assert len(biases) == 4 and all(b.dtype == torch.bfloat16 for b in biases)
+    # a shared scale gives one tensor for every layer (fairseq builds it once), a per-layer scale one each
+    assert len({id(b) for b in biases}) == (4 if per_layer else 1)
+    for layer, bias in enumerate(biases):
+        scale = encoder.alibi_scale[layer if per_layer else 0].clamp(min=0).view(1, -1, 1, 1)
+        assert torch.equal(bias, (alibi * scale + padding).to(torch.bfloat16))

@@ -63,7 +63,7 @@ class ArmHubertDistillationCriterion(FairseqCriterion):
             "masked_loss": masked_loss.detach(),
             "unmasked_loss": unmasked_loss.detach(),
             "masked_fraction": (mask.sum() / frames).detach(),
-            "ntokens": int(frames.item()),
+            "ntokens": frames.detach().long(),  # fairseq's logging reads it (no host sync here)
             "nsentences": first.size(0),
             "sample_size": 1,
         }

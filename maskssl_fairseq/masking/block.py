@@ -53,7 +53,7 @@ def blocks_around(centres: torch.Tensor, block: int, shape: Sequence[int],
 
 
 def random_blocks(valid: torch.Tensor, free: torch.Tensor, cover: torch.Tensor, block: int, adjust: float,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  generator: Optional[torch.Generator] = None, most: Optional[int] = None) -> torch.Tensor:
     """Blocks of ``block`` frames around centres drawn uniformly among each row's ``free`` frames.
 
     Args:
@@ -63,6 +63,8 @@ def random_blocks(valid: torch.Tensor, free: torch.Tensor, cover: torch.Tensor, 
             ``block_centre_count(cover, free frames, adjust, block)`` centres.
         block, adjust: as in :func:`block_mask`.
         generator: seeds the centres.
+        most: the largest number of centres of a row, where the caller knows it on the host (else it is
+            read from the device: a host sync).
 
     Returns:
         Boolean ``[B, T]``: the covered free frames.
@@ -70,7 +72,8 @@ def random_blocks(valid: torch.Tensor, free: torch.Tensor, cover: torch.Tensor, 
     batch = valid.size(0)
     num_free = free.sum(dim=1)
     num_centres = block_centre_count(cover, num_free, adjust, block)
-    most = int(num_centres.max()) if batch > 0 else 0
+    if most is None:
+        most = int(num_centres.max()) if batch > 0 else 0
     if most == 0:
         return torch.zeros_like(free)
     # the k-th free frame of a row, k uniform in [0, free frames): with no frame taken, k is the frame itself
@@ -122,10 +125,15 @@ def block_mask(
     if device is None:
         device = padding_mask.device if padding_mask is not None else generator.device if generator is not None else None
     valid = valid_frames(batch, length, padding_mask, device)
-    _, count = masked_frame_budget(valid, mask_prob)
+    _, count = masked_frame_budget(valid, mask_prob, unpadded=padding_mask is None)
     if count == 0:
         return torch.zeros(batch, length, dtype=torch.bool, device=valid.device)
-    covered = random_blocks(valid, valid, mask_prob * valid.sum(dim=1), block, adjust, generator)
+    most = None
+    if padding_mask is None:
+        # every row has the same centre count: the same float32 ops on a host copy of one row give it
+        full = torch.tensor([length])
+        most = int(block_centre_count(mask_prob * full, full, adjust, block)[0])
+    covered = random_blocks(valid, valid, mask_prob * valid.sum(dim=1), block, adjust, generator, most)
     return exact_count(covered, count, valid, generator)
 
 

@@ -35,16 +35,20 @@ def weighted_sample_mask(weights: torch.Tensor, count: int, generator: Optional[
 
 
 def exchange_hints(
-    mask: torch.Tensor, hint_ratio: float, generator: Optional[torch.Generator] = None
+    mask: torch.Tensor, hint_ratio: float, generator: Optional[torch.Generator] = None,
+    num_masked: Optional[int] = None,
 ) -> torch.Tensor:
     """Reveals ``int(hint_ratio * masked)`` random masked positions and masks as many random other ones.
 
     The new masked positions are drawn from the visible positions *and* the just revealed ones, so with
     ``hint_ratio = 1`` the result is a uniform random mask whatever ``mask`` was. Counts stay exact.
+    ``num_masked``: the masked count of every row, where the caller knows it (else read from the device: a
+    host sync).
     """
     if not 0.0 <= hint_ratio <= 1.0:
         raise ValueError(f"hint_ratio must be in [0, 1], got {hint_ratio}")
-    num_masked = int(mask[0].sum()) if mask.shape[0] else 0
+    if num_masked is None:
+        num_masked = int(mask[0].sum()) if mask.shape[0] else 0
     num_hints = int(num_masked * hint_ratio)
     if num_hints == 0:
         return mask
@@ -82,4 +86,4 @@ def dispersion_weighted_mask(
         raise ValueError(f"hint_ratio must be in [0, 1], got {hint_ratio}")
     with torch.no_grad():
         initial = weighted_sample_mask(patch_dispersion(patches), count, generator)
-        return exchange_hints(initial, hint_ratio, generator)
+        return exchange_hints(initial, hint_ratio, generator, num_masked=count)

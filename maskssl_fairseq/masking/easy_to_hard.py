@@ -99,7 +99,7 @@ def easy_to_hard_mask(
         raise ValueError(f"hard_selection must be one of {HARD_SELECTIONS}, got {hard_selection!r}")
     batch, length = scores.shape
     valid = valid_frames(batch, length, padding_mask, scores.device)
-    _, count = masked_frame_budget(valid, mask_prob)
+    _, count = masked_frame_budget(valid, mask_prob, unpadded=padding_mask is None)
     if count == 0:
         return torch.zeros(batch, length, dtype=torch.bool, device=scores.device)
 

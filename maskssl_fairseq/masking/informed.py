@@ -43,4 +43,4 @@ def informed_mask(
             (tokens * (1 - in_first)).sum(dim=1) / (1 - in_first).sum(dim=1).clamp_min(1.0),
         ], dim=1)  # [B, 2, D]
         score = torch.einsum("bnd,bkd->bnk", tokens, F.normalize(centres, dim=-1)).amax(dim=-1)
-        return exchange_hints(top_k_mask(-score, count), hint_ratio, generator)
+        return exchange_hints(top_k_mask(-score, count), hint_ratio, generator, num_masked=count)

@@ -10,7 +10,7 @@ are shared by the other span-based strategies (for example the easy-to-hard mask
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,15 @@ def valid_frames(
     return ~padding_mask.bool()
 
 
-def masked_frame_budget(valid: torch.Tensor, mask_prob: float) -> Tuple[int, int]:
-    """``(shortest valid length L, int(mask_prob * L))``: every row of ``valid [B, T]`` masks that many frames."""
-    shortest = int(valid.sum(dim=1).min()) if valid.shape[0] > 0 else 0
+def masked_frame_budget(valid: torch.Tensor, mask_prob: float, unpadded: bool = False) -> Tuple[int, int]:
+    """``(shortest valid length L, int(mask_prob * L))``: every row of ``valid [B, T]`` masks that many frames.
+
+    ``unpadded``: every frame holds data (no padding mask), so ``L`` is the width, read without a host sync.
+    """
+    if unpadded or valid.shape[0] == 0:
+        shortest = valid.shape[1] if valid.shape[0] > 0 else 0
+    else:
+        shortest = int(valid.sum(dim=1).min())
     return shortest, int(mask_prob * shortest)
 
 
@@ -39,9 +45,17 @@ def span_starts_allowed(valid: torch.Tensor, span: int) -> torch.Tensor:
     return valid & (positions.unsqueeze(0) <= (valid.sum(dim=1) - span).clamp(min=0).unsqueeze(1))
 
 
-def top_k_mask(priority: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the ``k`` highest entries of each row of ``priority [B, T]``."""
+def top_k_mask(priority: torch.Tensor, k: Union[int, torch.Tensor]) -> torch.Tensor:
+    """Boolean mask of the ``k`` highest entries of each row of ``priority [B, T]``.
+
+    ``k`` may be a 0-dim tensor on the device (a count the host has not read): the rows are then ranked by a
+    full sort instead of ``topk``, the same entries where the values differ, with no host sync.
+    """
     mask = torch.zeros(priority.shape, dtype=torch.bool, device=priority.device)
+    if torch.is_tensor(k):
+        ranked = priority.argsort(dim=1, descending=True)
+        first_k = torch.arange(priority.shape[1], device=priority.device) < k
+        return mask.scatter_(1, ranked, first_k.expand_as(ranked))
     if k > 0:
         mask.scatter_(1, priority.topk(k, dim=1).indices, True)
     return mask
@@ -56,7 +70,7 @@ def spans_from_starts(starts: torch.Tensor, span: int) -> torch.Tensor:
 
 
 def exact_count(
-    mask: torch.Tensor, count: int, valid: torch.Tensor, generator: Optional[torch.Generator] = None
+    mask: torch.Tensor, count: Union[int, torch.Tensor], valid: torch.Tensor, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
     """Drops or adds random frames so that every row of ``mask [B, T]`` has exactly ``count`` Trues.
 
@@ -113,7 +127,7 @@ def span_mask(
     if device is None and padding_mask is not None:
         device = padding_mask.device
     valid = valid_frames(batch, length, padding_mask, device)
-    shortest, count = masked_frame_budget(valid, mask_prob)
+    shortest, count = masked_frame_budget(valid, mask_prob, unpadded=padding_mask is None)
     if count == 0:
         return torch.zeros(batch, length, dtype=torch.bool, device=valid.device)
 

@@ -14,6 +14,7 @@ numpy 2, crashes for ``no_overlap=True`` (``np.int``) and for ``mask_type="unifo
   the row with the fewest has.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -149,7 +150,14 @@ def wav2vec2_span_mask(
     sizes = valid.sum(dim=1)
     rounding = torch.rand(batch, generator=generator, device=valid.device, dtype=torch.float64)
     num_spans = (mask_prob * sizes.double() / span + rounding).floor().long().clamp(min=min_masks)
-    most = int(num_spans.max()) if batch > 0 else 0
+    spans_everywhere = min_masks >= 1 or (padding_mask is None and mask_prob * length / span >= 1)
+    if mask_type == "static" and not no_overlap and spans_everywhere and batch > 0:
+        # every row has a span and at most floor(mask_prob * length / span) + 1: extra columns stay inactive
+        # and fixed-length spans draw nothing per column, so this bound gives the mask of the exact maximum
+        # without reading it on the host
+        most = min(max(math.floor(mask_prob * length / span) + 1, min_masks), length)
+    else:
+        most = int(num_spans.max()) if batch > 0 else 0
     if most == 0:
         return torch.zeros(batch, length, dtype=torch.bool, device=valid.device)
 
@@ -177,5 +185,5 @@ def wav2vec2_span_mask(
     edges.scatter_add_(1, ends, -active.long())
     mask = (edges.cumsum(dim=1)[:, :length] > 0) & valid
     if same_count:
-        mask = exact_count(mask, int(mask.sum(dim=1).min()), valid, generator)
+        mask = exact_count(mask, mask.sum(dim=1).min(), valid, generator)  # the count stays on the device
     return mask

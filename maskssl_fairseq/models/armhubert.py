@@ -195,15 +195,16 @@ class ArmHubertModel(BaseFairseqModel):
 
     # ---------------------------------------------------------------------------------------- student
     def front_end(
-        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, padded: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Waveform ``[B, S]`` (+ sample padding) -> features ``[B, T, D]``, frame padding ``[B, T]`` or None."""
+        """Waveform ``[B, S]`` (+ sample padding) -> features ``[B, T, D]``, frame padding ``[B, T]`` or None;
+        ``padded``: the caller has read that ``padding_mask`` holds padding."""
         features = run_feature_extractor(self.feature_extractor, source, self.cfg.feature_grad_mult)
         features = self.layer_norm(features.transpose(1, 2))
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
         features = self.dropout_input(features)
-        return features, frame_padding_mask(padding_mask, features.size(1), self.conv_layers)
+        return features, frame_padding_mask(padding_mask, features.size(1), self.conv_layers, padded)
 
     def apply_mask(
         self,
@@ -247,14 +248,17 @@ class ArmHubertModel(BaseFairseqModel):
         if self.encoder.layerdrop > 0:
             raise ValueError("model.encoder_layerdrop must be 0 for distillation: every layer has a target")
         teacher = self.load_teacher()
-        features, frame_padding = self.front_end(source, padding_mask)
-        mask = None
+        if padding_mask is not None and not padding_mask.any():  # one host read instead of one per use
+            padding_mask = None
+        padded = padding_mask is not None
+        features, frame_padding = self.front_end(source, padding_mask, padded)
+        mask = teacher_padding = None
         if self.training and self.cfg.mask_prob > 0:
             # the mask is the teacher's, drawn over the frames its own padding rule leaves
-            teacher_padding = teacher.frame_padding(padding_mask, features.size(1))
+            teacher_padding = teacher.frame_padding(padding_mask, features.size(1), padded)
             mask = self.distillation_mask(features.shape[:2], teacher_padding, features.device)
             features = torch.where(mask.unsqueeze(-1), self.mask_emb.to(features.dtype), features)
-        targets, masked_targets = teacher.layer_outputs(source, padding_mask, mask)
+        targets, masked_targets = teacher.layer_outputs(source, padding_mask, mask, teacher_padding)
         if targets[0].shape[:2] != features.shape[:2]:
             raise ValueError(
                 f"the student makes {features.size(1)} frames and the teacher {targets[0].size(1)}: "

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from fairseq.models import register_model
 
 from ..modules import released_checkpoints as released
-from ..modules.data2vec2_audio import instance_norm_average
+from ..modules.data2vec2_audio import gather_frames, instance_norm_average
 from ..modules.ema_teacher import EMATeacherMixin
 from ..modules.grid_decoder import GridConvDecoder
 from ..modules.masked_spectrogram import FRONTEND_CHOICES, MASKING_CHOICES, MaskedSpectrogramConfig, MaskedSpectrogramModel
@@ -112,19 +112,22 @@ class EATModel(EMATeacherMixin, MaskedSpectrogramModel):
 
         tokens = self.encoder.embed(spectrogram).repeat_interleave(clones, 0)
         mask = self.draw_mask(spectrogram, clones) if precomputed_mask is None else precomputed_mask  # [B * clones, N]
-        visible, _, order = split_by_mask(tokens, mask)
+        num_masked = self.num_masked if precomputed_mask is None else None
+        visible, masked, order = split_by_mask(tokens, mask, num_masked)
+        masked = order[:, order.shape[1] - masked.shape[1]:]  # the masked patches' indices, ascending
         encoded = self.encoder(visible)  # [B * clones, 1 + Nv, D]
         prediction = self.decoder(self.decoder_input(encoded[:, 1:], order))
 
         scale = encoded.shape[-1] ** -0.5
         clone_targets = targets.repeat_interleave(clones, 0)
-        frame = F.mse_loss(prediction[mask].float(), clone_targets[mask], reduction="none") * scale  # [M, D]
+        prediction, clone_targets = gather_frames(prediction, masked), gather_frames(clone_targets, masked)  # x[mask]
+        frame = F.mse_loss(prediction.float(), clone_targets, reduction="none") * scale  # [M, D]
         utterance_target = targets.mean(dim=1).repeat_interleave(clones, 0)
         utterance = F.mse_loss(encoded[:, 0].float(), utterance_target, reduction="none") * scale  # [B * clones, D]
         sample_size = frame.shape[0]
         with torch.no_grad():
-            prediction_std = torch.sqrt(prediction[mask].float().var(dim=0) + 1e-6).mean()
-            target_std = torch.sqrt(clone_targets[mask].var(dim=0) + 1e-6).mean()
+            prediction_std = torch.sqrt(prediction.float().var(dim=0) + 1e-6).mean()
+            target_std = torch.sqrt(clone_targets.var(dim=0) + 1e-6).mean()
         return {
             "losses": {"frame": frame.sum(), "utterance": utterance.sum() * (self.cfg.utterance_loss_weight * sample_size)},
             "sample_size": sample_size,

@@ -119,7 +119,7 @@ class EhMamModel(Data2Vec2AudioModel):
                                  hard_selection=self.cfg.hard_selection, adjust=self.cfg.mask_prob_adjust,
                                  padding_mask=padding_mask)
 
-    def extra_losses(self, result, decoder_input, frame_loss, mask, teacher_out) -> None:
+    def extra_losses(self, result, decoder_input, frame_loss, mask, masked, teacher_out) -> None:
         result["hard_fraction"] = self.hard_fraction()
         if self.loss_predictor is None:
             return
@@ -127,8 +127,7 @@ class EhMamModel(Data2Vec2AudioModel):
         inputs = decoder_input.detach() if self.cfg.detach_loss_predictor_input else decoder_input
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
             scores = self.loss_predictor(inputs)
-            rows = mask.size(0)
-            ranking, accuracy = pairwise_ranking_loss(scores[mask].view(rows, -1), frame_loss[mask].view(rows, -1))
+            ranking, accuracy = pairwise_ranking_loss(scores.gather(1, masked), frame_loss.gather(1, masked))
         if weight > 0:
             # fairseq divides the summed losses by sample_size (the masked frames); scaling by it keeps
             # the optimised ranking term at exactly alpha * L_rank

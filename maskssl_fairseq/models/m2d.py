@@ -59,6 +59,12 @@ class M2DModel(MaskedSpectrogramModel):
         # the update the target encoder was last stepped at, saved with it: a resumed run takes exactly the
         # steps an uninterrupted one takes
         self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
+        self._target_updates_seen: Optional[int] = 0  # host copy of the buffer; None: read it (after a load)
+        self.register_load_state_dict_post_hook(M2DModel._forget_target_updates)
+
+    @staticmethod
+    def _forget_target_updates(module, incompatible_keys) -> None:
+        module._target_updates_seen = None
 
     def ema_decay_at(self, num_updates: int) -> float:
         progress = min(num_updates / max(self.cfg.ema_anneal_end_step - 1, 1), 1.0)
@@ -86,9 +92,12 @@ class M2DModel(MaskedSpectrogramModel):
     def set_num_updates(self, num_updates: int) -> None:
         # fairseq calls this before each update with the number of updates done: update n's optimizer step is
         # followed by one EMA step at momentum(n - 1), once, also when n is the update a run resumed at
-        if self.training and num_updates > 0 and num_updates != int(self.target_updates):
+        if self.training and num_updates > 0 and self._target_updates_seen is None:
+            self._target_updates_seen = int(self.target_updates)
+        if self.training and num_updates > 0 and num_updates != self._target_updates_seen:
             self.ema_step(self.ema_decay_at(num_updates - 1))
             self.target_updates.fill_(num_updates)
+            self._target_updates_seen = num_updates
             if rank_check_due(num_updates):
                 targets = list(self.target_blocks.parameters()) + list(self.target_norm.parameters())
                 check_identical_across_ranks(targets, "the EMA target encoder", num_updates)
@@ -103,7 +112,7 @@ class M2DModel(MaskedSpectrogramModel):
         spectrogram = self.training_spectrogram(source)
         tokens = self.encoder.embed(spectrogram)
         mask = self.draw_mask(spectrogram)
-        visible, masked, order = split_by_mask(tokens, mask)
+        visible, masked, order = split_by_mask(tokens, mask, self.num_masked)
         encoded = self.encoder(visible)
         prediction = self.predictor(encoded, order)  # [B, Nm, D]
         with torch.no_grad():

@@ -35,9 +35,9 @@ class MSMMAEModel(MaskedSpectrogramModel):
     def forward(self, source: torch.Tensor, **unused) -> dict:
         spectrogram = self.training_spectrogram(source)
         mask = self.draw_mask(spectrogram)
-        visible, _, order = split_by_mask(self.encoder.embed(spectrogram), mask)
+        visible, _, order = split_by_mask(self.encoder.embed(spectrogram), mask, self.num_masked)
         reconstruction = self.decoder(self.encoder(visible), order).float()  # [B, Nm, p * p]
-        _, target, _ = split_by_mask(patchify(spectrogram, self.cfg.patch_size), mask)
+        _, target, _ = split_by_mask(patchify(spectrogram, self.cfg.patch_size), mask, self.num_masked)
         if self.cfg.norm_pix_loss:
             mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()

@@ -27,10 +27,12 @@ def conv_output_lengths(lengths: torch.Tensor, layers: List[Tuple[int, int, int]
 
 
 def frame_padding_mask(
-    source_padding: Optional[torch.Tensor], frames: int, layers: List[Tuple[int, int, int]]
+    source_padding: Optional[torch.Tensor], frames: int, layers: List[Tuple[int, int, int]], padded: bool = False
 ) -> Optional[torch.Tensor]:
-    """Sample-level padding ``[B, samples]`` -> frame-level ``[B, frames]`` (True at padding), None without any."""
-    if source_padding is None or not source_padding.any():
+    """Sample-level padding ``[B, samples]`` -> frame-level ``[B, frames]`` (True at padding), None without any.
+
+    ``padded``: the caller has read that ``source_padding`` holds padding (no second host read)."""
+    if source_padding is None or not (padded or source_padding.any()):
         return None
     lengths = conv_output_lengths((~source_padding).long().sum(-1), layers)
     return torch.arange(frames, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)

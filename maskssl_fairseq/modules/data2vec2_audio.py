@@ -177,7 +177,7 @@ class SelfAttention(nn.Module):
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
+            q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),  # a no-op where built in q's dtype
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
         return self.proj_dropout(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
@@ -288,22 +288,33 @@ class ContextEncoder(nn.Module):
         distance = (positions.unsqueeze(2) - positions.unsqueeze(1)).abs().float()
         return -distance.unsqueeze(1) * self.slopes.view(1, -1, 1, 1)
 
-    def layer_bias(self, alibi: Optional[torch.Tensor], padding: Optional[torch.Tensor], layer: int):
-        """The additive attention bias of one layer: scaled ALiBi plus -inf at padded keys (added after
-        the scaling, so that the scale's gradient stays finite)."""
+    def layer_bias(self, alibi: Optional[torch.Tensor], padding: Optional[torch.Tensor], layer: int,
+                   dtype: Optional[torch.dtype] = None):
+        """The additive attention bias of one layer (in ``dtype``, the attention's, else fp32): scaled ALiBi plus
+        -inf at padded keys (added after the scaling, so that the scale's gradient stays finite)."""
         bias = None
         if alibi is not None:
             scale = self.alibi_scale[layer if self.alibi_scale.size(0) > 1 else 0].clamp(min=0)
             bias = alibi * scale.view(1, -1, 1, 1)
         if padding is not None:
             bias = padding if bias is None else bias + padding
-        return bias
+        return bias if bias is None or dtype is None else bias.to(dtype)
+
+    def layer_biases(self, alibi: Optional[torch.Tensor], padding: Optional[torch.Tensor], dtype: torch.dtype):
+        """The bias of every layer (prenet first): one tensor for all where the ALiBi scale is shared
+        (``learned_alibi_scale_per_layer: false``), as fairseq builds it, instead of a ``[B, H, T', T']``
+        product and cast saved for the backward in each layer."""
+        layers = self.cfg.prenet_depth + self.cfg.depth
+        if alibi is None or self.alibi_scale.size(0) == 1:
+            return [self.layer_bias(alibi, padding, 0, dtype)] * layers
+        return [self.layer_bias(alibi, padding, i, dtype) for i in range(layers)]
 
     def forward(
         self,
         x: torch.Tensor,
         padding_mask: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
+        num_masked: Optional[int] = None,
     ) -> Dict[str, object]:
         """Contextualises frame features.
 
@@ -313,30 +324,38 @@ class ContextEncoder(nn.Module):
             mask: ``[B, T]`` bool with the same count per row; masked frames are zeroed (or noise with
                 ``encoder_zero_mask: false``) before the positional convs and then *removed*, so the
                 blocks see only the ``T'`` unmasked frames.
+            num_masked: that count, where the caller knows it on the host; else it is read from ``mask``
+                and checked (host syncs).
 
         Returns:
             ``x [B, T', D]``, ``layer_results`` (the FFN output of every main block, ``[B, T', D]``),
-            ``padding_mask [B, T']`` or None, and ``keep [B, T']`` (the kept frames' indices) or None.
+            ``padding_mask [B, T']`` or None, ``keep [B, T']`` (the kept frames' indices) or None, and
+            ``order [B, T]`` (the kept frames' indices, then the masked ones', each ascending) or None.
         """
         batch, length, _ = x.shape
         positions = torch.arange(length, device=x.device).expand(batch, -1)
-        keep = None
+        keep = order = None
         if mask is not None:
-            counts = mask.sum(dim=1)
-            if (counts != counts[0]).any():
-                raise ValueError(f"the student's mask must mask the same number of frames in every row, got "
-                                 f"{counts.tolist()}: removing the masked frames needs a rectangular batch")
+            if num_masked is None:
+                counts = mask.sum(dim=1)
+                if (counts != counts[0]).any():
+                    raise ValueError(f"the student's mask must mask the same number of frames in every row, got "
+                                     f"{counts.tolist()}: removing the masked frames needs a rectangular batch")
+                num_masked = int(counts[0])
             pos_input = mask_frames(x, mask, self.cfg)
             x = x + self.pos_conv(pos_input.transpose(1, 2)).transpose(1, 2)
             # the unmasked frames in time order: a stable sort puts the False (kept) entries first
-            keep = mask.to(torch.uint8).sort(dim=1, stable=True).indices[:, : length - int(counts[0])]
+            order = mask.to(torch.uint8).sort(dim=1, stable=True).indices
+            keep = order[:, : length - num_masked]
             x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.size(-1)))
             positions = keep
             if padding_mask is not None:
                 padding_mask = padding_mask.gather(1, keep)
         else:
             x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
-        if padding_mask is not None and not padding_mask.any():
+        # a padding mask without padding adds 0 to the ALiBi bias, so only the rows kept after removing the
+        # masked frames, or attention without ALiBi, need the (host-synced) check
+        if padding_mask is not None and (keep is not None or self.alibi_scale is None) and not padding_mask.any():
             padding_mask = None
 
         alibi = self.alibi_bias(positions)
@@ -344,21 +363,30 @@ class ContextEncoder(nn.Module):
         if padding_mask is not None:
             padding = torch.zeros(padding_mask.shape, device=x.device).masked_fill(padding_mask, -math.inf)
             padding = padding[:, None, None, :]
+        attention_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) \
+            else x.dtype
+        biases = self.layer_biases(alibi, padding, attention_dtype)
         x = self.prenet_dropout(self.prenet_norm(x))
         for i, block in enumerate(self.prenet):
             if self._keep_layer(self.cfg.prenet_layerdrop):
-                x, _ = block(x, self.layer_bias(alibi, padding, i))
+                x, _ = block(x, biases[i])
         x = self.dropout_input(x)
         layer_results = []
         for i, block in enumerate(self.blocks):
             if self._keep_layer(self.cfg.layerdrop):
-                x, ffn = block(x, self.layer_bias(alibi, padding, self.cfg.prenet_depth + i))
+                x, ffn = block(x, biases[self.cfg.prenet_depth + i])
                 layer_results.append(ffn)
-        return {"x": x, "layer_results": layer_results, "padding_mask": padding_mask, "keep": keep}
+        return {"x": x, "layer_results": layer_results, "padding_mask": padding_mask, "keep": keep, "order": order}
 
     def _keep_layer(self, layerdrop: float) -> bool:
         # torch's RNG (not numpy's): fairseq reseeds it every update, so a resumed run drops the same layers
         return not self.training or layerdrop == 0 or float(torch.rand(())) >= layerdrop
+
+
+def gather_frames(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x [B, T, D]`` at ``index [B, M]`` -> ``[B * M, D]``: ``x[mask]`` for a mask with ``M`` frames per row
+    (``index`` ascending), with no host sync."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1))).reshape(-1, x.size(-1))
 
 
 def instance_norm_average(layer_results: List[torch.Tensor], top_k: int, instance_norm: bool) -> torch.Tensor:
@@ -449,8 +477,9 @@ class Data2Vec2AudioModel(EMATeacherMixin, BaseFairseqModel):
         """Adds anything else the teacher computes from its outputs (before the mask is drawn)."""
 
     def extra_losses(self, result: Dict, decoder_input: torch.Tensor, frame_loss: torch.Tensor,
-                     mask: torch.Tensor, teacher_out: Dict[str, torch.Tensor]) -> None:
-        """Adds losses and logs to ``result``; ``frame_loss [B', T]`` is the detached per-frame loss."""
+                     mask: torch.Tensor, masked: torch.Tensor, teacher_out: Dict[str, torch.Tensor]) -> None:
+        """Adds losses and logs to ``result``; ``frame_loss [B', T]`` is the detached per-frame loss, ``masked
+        [B', M]`` the masked frames' indices of each row, ascending (gathers with them need no host sync)."""
 
     # ---- forward -------------------------------------------------------------------------------------
 
@@ -481,21 +510,23 @@ class Data2Vec2AudioModel(EMATeacherMixin, BaseFairseqModel):
             features = features.repeat_interleave(clones, 0)
             padding_mask = padding_mask.repeat_interleave(clones, 0) if padding_mask is not None else None
         time_mask = self.draw_mask(teacher_out, padding_mask, batch * clones, length, features.device)
-        student = self.encoder(features, padding_mask, time_mask)
+        num_masked = int(self.cfg.mask_prob * shortest)  # the masks' count per row (masked_frame_budget)
+        student = self.encoder(features, padding_mask, time_mask, num_masked)
+        masked = student["order"][:, length - num_masked:]  # [B', M]: what time_mask selects, row by row
 
         decoder_in = self.decoder_input(student["x"], time_mask, student["keep"])
-        prediction = self.decoder(decoder_in)[time_mask]
+        prediction = gather_frames(self.decoder(decoder_in), masked)
         targets = teacher_out["targets"]
         if clones > 1:
             targets = targets.repeat_interleave(clones, 0)
-        targets = targets[time_mask]
+        targets = gather_frames(targets, masked)
         reg_loss = self.regression_loss(prediction, targets)
         sample_size = time_mask.sum()
 
         result = {"losses": {"regression": reg_loss}, "sample_size": sample_size}
         frame_loss = torch.zeros(time_mask.shape, device=reg_loss.device)
-        frame_loss[time_mask] = reg_loss.detach().sum(-1)
-        self.extra_losses(result, decoder_in, frame_loss, time_mask, teacher_out)
+        frame_loss = frame_loss.scatter(1, masked, reg_loss.detach().sum(-1).view(masked.shape))
+        self.extra_losses(result, decoder_in, frame_loss, time_mask, masked, teacher_out)
 
         with torch.no_grad():
             valid = time_mask.numel() if padding_mask is None else int((~padding_mask).sum())
@@ -514,6 +545,8 @@ class Data2Vec2AudioModel(EMATeacherMixin, BaseFairseqModel):
 
     def check_collapse(self, result: Dict) -> None:
         update, cfg = self.num_updates + 1, self.cfg
+        if not bool((result["target_var"] < cfg.min_target_var) | (result["pred_var"] < cfg.min_pred_var)):
+            return  # one host read per step; which variance fell is read only when one did
         later = f"model.collapse_check_after={cfg.collapse_check_after} delays the check"
         if result["target_var"] < cfg.min_target_var:
             raise RuntimeError(

@@ -9,7 +9,7 @@ encoder uses its fp32 master copy (:func:`fp32_ema`).
 """
 
 import copy
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,7 @@ class EMATeacherMixin:
 
     def build_teacher(self, names: Iterable[str]) -> None:
         self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
+        self._teacher_updates_seen: Optional[int] = 0  # host copy of the buffer; None: read it (after a load)
         teacher = TeacherModel({name: copy.deepcopy(getattr(self, name)) for name in names})
         teacher.requires_grad_(False)
         self.ema = fp32_ema(teacher, self.cfg.ema_decay)
@@ -68,12 +69,17 @@ class EMATeacherMixin:
 
     def step_teacher(self, num_updates: int) -> None:
         """Called from ``set_num_updates``: one EMA step per new update number while training."""
-        if self.ema is None or not self.training or num_updates == 0 or num_updates == int(self.teacher_updates):
+        if self.ema is None or not self.training or num_updates == 0:
+            return
+        if self._teacher_updates_seen is None:
+            self._teacher_updates_seen = int(self.teacher_updates)
+        if num_updates == self._teacher_updates_seen:
             return
         self.ema.set_decay(self.ema_decay_at(num_updates))
         if self.ema.get_decay() < 1:
             self.ema.step(self)
         self.teacher_updates.fill_(num_updates)
+        self._teacher_updates_seen = num_updates
         if rank_check_due(num_updates):
             check_identical_across_ranks(self.ema.fp32_params.values(), "the EMA teacher", num_updates)
 
@@ -94,6 +100,7 @@ class EMATeacherMixin:
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         ema_state = state_dict.pop(prefix + "_ema", None)
+        self._teacher_updates_seen = None  # the loaded teacher_updates is read at the next step
         if self.ema is not None:
             if ema_state is None:
                 raise KeyError(f"checkpoint lacks the EMA teacher ('{prefix}_ema'): it cannot resume pretraining")

@@ -67,8 +67,9 @@ class HubertTeacher(FrozenTeacher):
             features = model.post_extract_proj(features)
         return features
 
-    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
-        if padding_mask is None or not padding_mask.any():
+    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int,
+                      padded: bool = False) -> Optional[torch.Tensor]:
+        if padding_mask is None or not (padded or padding_mask.any()):
             return None
         return self.model.forward_padding_mask(padding_mask.new_empty(padding_mask.size(0), frames), padding_mask)
 

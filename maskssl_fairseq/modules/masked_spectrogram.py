@@ -13,7 +13,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel
 from omegaconf import II
 
-from ..masking import dispersion_weighted_mask, hint_ratio, informed_mask, inverse_block_mask, random_mask
+from ..masking import dispersion_weighted_mask, hint_ratio, informed_mask, inverse_block_mask, masked_count, random_mask
 from .log_mel import KaldiFbank, LogMelSpectrogram
 from .spectrogram_vit import SpectrogramViT, patchify
 
@@ -128,6 +128,11 @@ class MaskedSpectrogramModel(BaseFairseqModel):
             raise ValueError(f"{source.shape[-1]} samples give {spectrogram.shape[-1]} frames, the model trains on "
                              f"{self.cfg.input_frames} (task.crop_frames)")
         return spectrogram[..., : self.cfg.input_frames].unsqueeze(1)
+
+    @property
+    def num_masked(self) -> int:
+        """The masked patches of every row of :meth:`draw_mask`, whatever the strategy (known on the host)."""
+        return masked_count(self.encoder.num_patches, self.cfg.mask_ratio)
 
     def draw_mask(self, spectrogram: torch.Tensor, clones: int = 1) -> torch.Tensor:
         """Boolean ``[B * clones, N]`` from ``cfg.masking``, drawn from the global RNG that fairseq seeds each

@@ -7,7 +7,7 @@ numbers them; masks are boolean ``[B, N]`` with True = masked and the same count
 """
 
 from functools import partial
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,14 +54,18 @@ def patchify(spectrogram: torch.Tensor, patch: int) -> torch.Tensor:
     return grid.permute(0, 1, 3, 2, 4).reshape(batch, (freq // patch) * (time // patch), patch * patch)
 
 
-def split_by_mask(tokens: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_by_mask(tokens: torch.Tensor, mask: torch.Tensor,
+                  num_masked: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``tokens [B, N, D]`` -> (visible ``[B, Nv, D]``, masked ``[B, Nm, D]``, order ``[B, N]``).
 
     ``order`` lists the visible positions then the masked ones, each ascending; ``order.argsort(1)`` puts a
-    ``cat([visible, masked])`` sequence back into position order.
+    ``cat([visible, masked])`` sequence back into position order. ``num_masked``: the mask's count per row,
+    where the caller knows it on the host (else read from ``mask``: a host sync).
     """
     order = mask.to(torch.int8).argsort(dim=1, stable=True)
-    num_visible = mask.shape[1] - int(mask[0].sum()) if mask.shape[0] else 0
+    if num_masked is None:
+        num_masked = int(mask[0].sum()) if mask.shape[0] else 0
+    num_visible = mask.shape[1] - num_masked if mask.shape[0] else 0
     gathered = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
     return gathered[:, :num_visible], gathered[:, num_visible:], order
 

@@ -36,8 +36,10 @@ class FrozenTeacher(nn.Module):
         """Waveform ``[B, S]`` -> projected CNN features ``[B, T, C]``."""
         raise NotImplementedError
 
-    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
-        """Sample padding ``[B, S]`` (True = padding) -> the teacher's own frame padding ``[B, frames]`` or None."""
+    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int,
+                      padded: bool = False) -> Optional[torch.Tensor]:
+        """Sample padding ``[B, S]`` (True = padding) -> the teacher's own frame padding ``[B, frames]`` or None;
+        ``padded``: the caller has read that ``padding_mask`` holds padding (no second host read)."""
         raise NotImplementedError
 
     def encode(self, features: torch.Tensor, frame_padding: Optional[torch.Tensor]) -> List[torch.Tensor]:
@@ -50,6 +52,7 @@ class FrozenTeacher(nn.Module):
         source: torch.Tensor,
         padding_mask: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
+        frame_padding: Optional[torch.Tensor] = None,
     ) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
         """Every layer's output ``[B, T, C]`` on the clean input and, if ``mask`` is given, on the masked input.
 
@@ -59,18 +62,19 @@ class FrozenTeacher(nn.Module):
                 with its own rule (:meth:`frame_padding`), as the released distillation code does.
             mask: frames ``[B, T]`` replaced by the teacher's own learnt mask embedding, after the front end,
                 exactly where the teacher masks in its pretraining.
+            frame_padding: :meth:`frame_padding` of ``padding_mask`` where the caller computed it already.
 
         Returns:
             (outputs on the clean input, outputs on the masked input or None)
         """
         features = self.project(source)
-        frame_padding = self.frame_padding(padding_mask, features.size(1))
+        if frame_padding is None:
+            frame_padding = self.frame_padding(padding_mask, features.size(1))
         batch = features.size(0)
         if mask is not None:
             if mask.shape != features.shape[:2]:
                 raise ValueError(f"the teacher makes {features.shape[1]} frames but the mask has {mask.shape[1]}")
-            masked = features.clone()
-            masked[mask] = self.mask_embedding.to(masked.dtype)
+            masked = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(features.dtype), features)
             features = torch.cat([features, masked])  # one encoder pass for both views
             if frame_padding is not None:
                 frame_padding = torch.cat([frame_padding, frame_padding])
@@ -80,11 +84,11 @@ class FrozenTeacher(nn.Module):
         return [out[:batch] for out in outputs], [out[batch:] for out in outputs]
 
 
-def reshape_padding_mask(padding_mask: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
+def reshape_padding_mask(padding_mask: Optional[torch.Tensor], frames: int, padded: bool = False) -> Optional[torch.Tensor]:
     """fairseq HuBERT's and unilm WavLM's ``forward_padding_mask``: trailing ``S mod frames`` samples dropped,
     the rest cut into ``frames`` equal groups, a frame is padding iff all its samples are (so a padded row
     can keep one frame more than the convolution arithmetic gives)."""
-    if padding_mask is None or not padding_mask.any():
+    if padding_mask is None or not (padded or padding_mask.any()):
         return None
     extra = padding_mask.size(1) % frames
     if extra > 0:

@@ -228,8 +228,9 @@ class WavLMTeacher(FrozenTeacher):
         features, _ = self.model.feature_extractor(source, None)
         return self.model.encoder.feature_projection(features)
 
-    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int) -> Optional[torch.Tensor]:
-        return reshape_padding_mask(padding_mask, frames)  # unilm's forward_padding_mask, the same as HuBERT's
+    def frame_padding(self, padding_mask: Optional[torch.Tensor], frames: int,
+                      padded: bool = False) -> Optional[torch.Tensor]:
+        return reshape_padding_mask(padding_mask, frames, padded)  # unilm's forward_padding_mask, the same as HuBERT's
 
     def encode(self, features: torch.Tensor, frame_padding: Optional[torch.Tensor]) -> List[torch.Tensor]:
         transformer = self.model.encoder.transformer
