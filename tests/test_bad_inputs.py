@@ -390,7 +390,7 @@ def test_extract_features_force_clears_its_own_outputs_only(corpus, extract, tmp
     root, table = rows(corpus)
     write_rows(corpus, root, table[:2])
     extract("--manifest", corpus / "base.tsv", "--out", out, "--force")
-    assert sorted(p.name for p in out.iterdir()) == ["000000.npy", "000001.npy", "index.tsv", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["000000.npy", "000001.npy", "index.tsv", "notes.txt", "timing.json"]
     assert len((out / "index.tsv").read_text().splitlines()) == 3
 
 
