@@ -82,14 +82,14 @@ class _MicroBatchCounter:
         return self.index * world + rank
 
 
-_counter = _MicroBatchCounter()
-
-
 def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-    position = _counter.next_position()
+    # one counter per task, i.e. per run: a run started after another in the same process (run/recipe_check.py,
+    # tests) would otherwise take its first batch for a later micro-batch of the update the other one ended on
+    counter = vars(self).setdefault("_micro_batch_counter", _MicroBatchCounter())
+    position = counter.next_position()
     if position != 0:
-        torch.manual_seed(micro_batch_seed(_counter.update_seed, position))
-    _counter.last_set = torch.initial_seed()
+        torch.manual_seed(micro_batch_seed(counter.update_seed, position))
+    counter.last_set = torch.initial_seed()
     return _fairseq_train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Five fixes to fairseq's mixed-precision optimizer wrappers, so that ``common.amp`` and ``common.fp16`` train
+"""Six fixes to fairseq's mixed-precision optimizer wrappers and its composite optimizer, so that ``common.amp`` and ``common.fp16`` train
 as the paper recipes are written (fairseq's ``composite`` optimizer, one AdamW per parameter group).
 
 1. **AMP unscaled the gradients twice.** ``AMPOptimizer.clip_grad_norm`` (which fairseq's trainer calls on every
@@ -19,6 +19,10 @@ as the paper recipes are written (fairseq's ``composite`` optimizer, one AdamW p
    fp32 front end saw them: the rounding noise (about 48 dB under the signal in bf16) lifts the quiet log-mel
    bins, and MSM-MAE's first bf16 loss sat 0.6-1.1 % off fp32's. A model whose ``frontend`` is a log-mel front
    end gets its ``source`` in fp32; every other tensor of the batch is cast as fairseq casts it.
+6. **Composite optimizers shared their groups across the process.** ``FairseqCompositeOptimizer`` declares
+   ``optimizers`` and ``lr_schedulers`` as class-level dicts and fills them in ``__init__``: each one built
+   after another in the same process (tests, ``run/recipe_check.py``, a notebook) also held, stepped, clipped
+   (stale gradients in its norm) and saved the earlier ones' groups. Each gets its own dicts.
 
 Installed when the plugin is imported (``common.user_dir``).
 """
@@ -26,7 +30,7 @@ Installed when the plugin is imported (``common.user_dir``).
 import logging
 
 from fairseq.optim.amp_optimizer import AMPOptimizer
-from fairseq.optim.composite import CompositeOptimizer
+from fairseq.optim.composite import CompositeOptimizer, FairseqCompositeOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from fairseq.trainer import Trainer
 from omegaconf import OmegaConf, open_dict
@@ -41,6 +45,16 @@ def _sub_optimizer_groups(self):
 
 
 CompositeOptimizer.param_groups = property(_sub_optimizer_groups)
+
+_fairseq_composite_init = FairseqCompositeOptimizer.__init__
+
+
+def _composite_with_its_own_groups(self, cfg, params):
+    self.optimizers, self.lr_schedulers = {}, {}  # instance dicts: fairseq's ``__init__`` fills these in place
+    _fairseq_composite_init(self, cfg, params)
+
+
+FairseqCompositeOptimizer.__init__ = _composite_with_its_own_groups
 
 
 def _step_the_unscaled_optimizer(self):

@@ -9,6 +9,11 @@ import sys
 import pytest
 import torch
 
+from fairseq import optim
+from fairseq.models import BaseFairseqModel
+from fairseq.tasks import FairseqTask
+from omegaconf import OmegaConf
+
 from helpers import REPO, VENV_BIN, logged, run_checked
 from maskssl_fairseq.distributed import micro_batch_seed
 
@@ -35,6 +40,30 @@ def test_micro_batch_seeds_keep_fairseqs_first_and_differ_after():
     seeds = {micro_batch_seed(update_seed, position) for update_seed in (1, 2, 3) for position in range(1, 5)}
     assert len(seeds) == 12 and not seeds & {1, 2, 3}
     torch.manual_seed(micro_batch_seed(7, 3))  # a valid torch seed
+
+
+def seed_of_a_batch(task: FairseqTask, update_seed: int) -> int:
+    """The torch seed a batch's forward draws with when fairseq's trainer seeded its update with ``update_seed``."""
+    model = BaseFairseqModel()
+    model.weight = torch.nn.Parameter(torch.zeros(1))
+    seeds = []
+
+    def criterion(model, sample):
+        seeds.append(torch.initial_seed())
+        return model.weight.sum(), 1, {}
+
+    sgd = optim.build_optimizer(OmegaConf.create({"_name": "sgd", "lr": [0.1], "momentum": 0.0, "weight_decay": 0.0}), [model.weight])
+    torch.manual_seed(update_seed)  # fairseq's trainer: common.seed + num_updates, at the start of each update
+    task.train_step({}, model, criterion, sgd, update_num=0)
+    return seeds[0]
+
+
+def test_a_run_after_another_in_the_same_process_keeps_fairseqs_first_seed():
+    ended = FairseqTask(None)
+    assert seed_of_a_batch(ended, 1) == 1  # e.g. MSM-MAE (common.seed 0) ends on the update seeded 0 + 1
+    started = FairseqTask(None)  # EAT fine-tuning (common.seed 1) starts in the same process: seeded 1 + 0
+    assert seed_of_a_batch(started, 1) == 1  # its first batch, not a second micro-batch of the last run's update
+    assert seed_of_a_batch(started, 1) == micro_batch_seed(1, 1)  # the same update's second micro-batch
 
 
 def test_two_cpu_processes_train_eh_mam_as_one(demo_corpus, tmp_path):

@@ -68,6 +68,21 @@ def test_fp16_composite_keeps_its_groups_and_steps_by_lr_times_gradient():
     assert optimizer.scaler.loss_scale == 128.0
 
 
+def test_each_composite_optimizer_holds_only_its_own_groups():
+    # fairseq fills class-level dicts: a second composite optimizer in the process got the first one's groups too
+    first_params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))]
+    first = optim.build_optimizer(fairseq_cfg(composite(first_params[1])).optimizer, first_params)
+    second_params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    second_params[1].param_group, second_params[2].param_group = "no_decay", "decoder"
+    second_cfg = composite(second_params[1])
+    second_cfg["groups"]["decoder"] = second_cfg["groups"]["default"]
+    second = optim.build_optimizer(fairseq_cfg(second_cfg).optimizer, second_params)
+    assert sorted(first.optimizers) == sorted(first.lr_schedulers) == ["default", "no_decay"]
+    assert sorted(second.optimizers) == sorted(second.lr_schedulers) == ["decoder", "default", "no_decay"]
+    assert [p for g in first.param_groups for p in g["params"]] == first_params
+    assert [p for g in second.param_groups for p in g["params"]] == second_params
+
+
 def test_front_end_constants_stay_float32_in_a_half_precision_model():
     for frontend in (LogMelSpectrogram(), KaldiFbank()):
         frontend.set_norm_stats(-4.268, 4.569)
