@@ -194,7 +194,12 @@ def _norm_stats_rank(rank: int, port: int, data: str, results) -> None:
 
 def test_ranks_share_the_norm_statistics_clips_and_agree_with_one_process_to_the_bit(demo_corpus):
     """M2D measures its input statistics at start (5000 clips at paper scale): each rank reads its share."""
-    one, _ = measured_norm_stats(str(demo_corpus))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: a reduction's order (and so its last bit) depends on the threads
+    try:
+        one, _ = measured_norm_stats(str(demo_corpus))
+    finally:
+        torch.set_num_threads(threads)
     context = torch.multiprocessing.get_context("spawn")
     queue = context.Queue()
     with socket.socket() as sock:

@@ -2,9 +2,7 @@
 
 import subprocess
 
-import numpy as np
 import pytest
-import soundfile
 
 from helpers import PLUGIN_DIR, REPO, VENV_BIN, logged
 
@@ -41,17 +39,10 @@ def test_collapse_stops_after_the_configured_update(demo_corpus, tmp_path, field
     assert "optimization.lr" in line and "model.collapse_check_after=2" in line
 
 
-def test_non_finite_loss_names_the_update_and_the_terms(tmp_path):
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    rows = [str(audio)]
-    for i in range(3):
-        wave = np.random.default_rng(i).standard_normal(32000).astype(np.float32) * 0.1
-        wave[1000:1100] = np.nan  # a float WAV can hold NaN: a broken export, not a reading error
-        soundfile.write(audio / f"{i}.wav", wave, 16000, subtype="FLOAT")
-        rows.append(f"{i}.wav\t32000")
-    (tmp_path / "pretrain.tsv").write_text("\n".join(rows) + "\n")
-    log = failing_run(tmp_path, tmp_path / "run", "optimization.max_update=3")
+def test_non_finite_loss_names_the_update_and_the_terms(demo_corpus, tmp_path):
+    # NaN audio is refused where it is read (test_bad_inputs.py); a loss scale of NaN stands for a model that
+    # diverged: the regression loss is NaN from the first update
+    log = failing_run(demo_corpus, tmp_path / "run", "optimization.max_update=3", "++model.loss_scale=nan")
     line = error_line(log)
     assert line.startswith("FloatingPointError: update 1: the loss is not finite (loss=nan"), line
     assert "loss_regression=nan" in line and "loss_ranking=" in line
