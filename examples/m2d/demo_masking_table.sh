@@ -25,7 +25,7 @@ source run/stages.sh "$@"
 PRETRAIN_MINUTES=${PRETRAIN_MINUTES:-150}
 LABELED_MINUTES=${LABELED_MINUTES:-60 15 15}
 MUSIC_MINUTES=${MUSIC_MINUTES:-50}
-UPDATES=${UPDATES:-4000}
+UPDATES=${UPDATES:-6000}  # demo_m2d.yaml's own length; sized by the step times in examples/m2d/README.md
 SEEDS=${SEEDS:-1 2}
 FRAMEWORKS=${FRAMEWORKS:-msm_mae m2d}
 MASKS=${MASKS:-random ibm dwm}
