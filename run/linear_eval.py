@@ -47,19 +47,11 @@ def read_labeled_manifest(tsv: Path) -> Tuple[List[Path], List[str]]:
 
 def load_encoder(checkpoint: Path, random_init: bool, device: torch.device):
     """The checkpoint's model, in eval mode; with ``random_init`` the same architecture freshly initialised
-    (keeping the checkpoint's log-mel statistics, which are data, not learned weights)."""
-    import maskssl_fairseq  # noqa: F401  (registers the models)
-    from fairseq.models import MODEL_REGISTRY
-    from omegaconf import OmegaConf
+    (keeping the checkpoint's log-mel statistics, which are data, not learned weights). A checkpoint of another
+    kind, or a release not yet converted, is an error naming the file (and the command that converts it)."""
+    from maskssl_fairseq.models.audio_classifier import load_pretrained
 
-    # our own training checkpoints hold fairseq metadata that torch's weights_only loader refuses
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = OmegaConf.create(state["cfg"])
-    model = MODEL_REGISTRY[cfg.model._name].build_model(cfg.model)
-    if random_init:
-        model.frontend.norm_stats.copy_(state["model"]["frontend.norm_stats"])
-    else:
-        model.load_state_dict(state["model"])
+    model, _ = load_pretrained(str(checkpoint), random_init, field="--checkpoint")
     return model.to(device).eval()
 
 

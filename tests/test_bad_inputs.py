@@ -219,6 +219,11 @@ def test_speech_checkpoint_as_pretrained_path_names_the_kinds(tmp_path):
     with pytest.raises(ValueError, match=r"model\.pretrained_path=.*/eh_mam\.pt holds a 'data2vec_multi_eh_mam' "
                                          r"model; expected a spectrogram pretraining checkpoint \(eat, m2d"):
         load_pretrained(str(tmp_path / "eh_mam.pt"))
+    sys.path.insert(0, str(REPO / "run"))
+    import linear_eval  # its --checkpoint is read the same way
+
+    with pytest.raises(ValueError, match=r"--checkpoint=.*/eh_mam\.pt holds a 'data2vec_multi_eh_mam' model"):
+        linear_eval.load_encoder(tmp_path / "eh_mam.pt", random_init=False, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))

@@ -144,6 +144,11 @@ def test_released_layouts_are_named_with_their_command(tmp_path):
                        ("armhubert", "arm.ckpt")]:
         with pytest.raises(ValueError, match=f"run/convert_checkpoint.py --from {name} "):
             load_model(tmp_path / file)
+    # linear evaluation (and zero-shot classification) of a spectrogram model reads the same way
+    import linear_eval
+
+    with pytest.raises(ValueError, match="--from m2d "):
+        linear_eval.load_encoder(tmp_path / "m2d.pth", random_init=False, device=torch.device("cpu"))
     # fine-tuning reads model.w2v_path through the same loader, and model.init_from too
     with pytest.raises(ValueError, match="--from eh_mam"):
         checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "ehmam.pt"))

@@ -57,15 +57,16 @@ class SpectrogramClassifierConfig(FairseqDataclass):
     layer_decay: float = field(default=1.0, metadata={"help": "layer-wise lr decay (1: none)"})
 
 
-def load_pretrained(path: str, random_init: bool = False):
-    """(pretraining model, its configuration as a dict) from a spectrogram pretraining checkpoint."""
+def load_pretrained(path: str, random_init: bool = False, field: str = "model.pretrained_path"):
+    """(pretraining model, its configuration as a dict) from a spectrogram pretraining checkpoint; errors name
+    ``field``, where the path came from."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"model.pretrained_path: no checkpoint at {path}")
+        raise FileNotFoundError(f"{field}: no checkpoint at {path}")
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    require_kind("model.pretrained_path", path, state, lambda model: issubclass(model, MaskedSpectrogramModel),
+    require_kind(field, path, state, lambda model: issubclass(model, MaskedSpectrogramModel),
                  "a spectrogram pretraining checkpoint (eat, m2d, m2d_clap, msm_mae)")
     args = OmegaConf.to_container(OmegaConf.create(state["cfg"]["model"]), resolve=True)
-    model = build_pretraining_model(args, f"model.pretrained_path ({path})")
+    model = build_pretraining_model(args, f"{field} ({path})")
     if random_init:  # the front-end statistics are data, not learned weights: keep them
         model.frontend.norm_stats.copy_(state["model"]["frontend.norm_stats"])
     else:
