@@ -13,12 +13,7 @@ STAGES_NAME="ddp check"
 source run/stages.sh "$@"
 UPDATES=${UPDATES:-5}
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-DATA=$PWD/$OUT/demo/manifests
-PLUGIN=common.user_dir=maskssl_fairseq
+set_up 1
 SHORT=(dataset.max_tokens=96000 task.max_sample_size=24000)  # the tests' short EH-MAM crops
 
 stage "demo corpus (the test suite's size) -> $OUT/demo"
@@ -28,11 +23,11 @@ demo_corpus "$OUT/demo" --seed 7 --pretrain-minutes 2 --train-10m-minutes 1 --tr
 stage "a HuBERT teacher, an EH-MAM and a wav2vec 2.0 checkpoint, 3 updates each"
 [ -f "$OUT/labels/pretrain.km" ] || $PY examples/armhubert/mfcc_labels.py --data "$DATA" --splits pretrain \
     --out "$OUT/labels" --clusters 16 --force
-train_stage "$OUT/hubert" --config-dir examples/armhubert --config-name tiny_teacher "$PLUGIN" \
+train_stage "$OUT/hubert" --config-dir examples/armhubert --config-name tiny_teacher common.user_dir="$PLUGIN" \
     task.data="$DATA" task.label_dir="$PWD/$OUT/labels" optimization.max_update=3
-train_stage "$OUT/pretrained_eh_mam" --config-dir examples/eh_mam --config-name tiny "$PLUGIN" task.data="$DATA" \
+train_stage "$OUT/pretrained_eh_mam" --config-dir examples/eh_mam --config-name tiny common.user_dir="$PLUGIN" task.data="$DATA" \
     "${SHORT[@]}" optimization.max_update=3 lr_scheduler.warmup_updates=1
-train_stage "$OUT/pretrained_wav2vec2" --config-dir examples/wav2vec2 --config-name tiny "$PLUGIN" task.data="$DATA" \
+train_stage "$OUT/pretrained_wav2vec2" --config-dir examples/wav2vec2 --config-name tiny common.user_dir="$PLUGIN" task.data="$DATA" \
     dataset.max_tokens=120000 optimization.max_update=3
 
 # check ID NAME CONFIG_DIR CONFIG OVERRIDES...: ddp_check's JSON summary in OUT/ID.json, its log in OUT/ID.log
@@ -43,7 +38,7 @@ check() {
     [ -f "$OUT/$id.json" ] && { echo "already checked"; return; }
     rm -rf "${OUT:?}/$id"
     $PY run/ddp_check.py --config-dir "$dir" --config-name "$config" --updates "$UPDATES" --out "$OUT/$id" \
-        "$PLUGIN" task.data="$DATA" "$@" | tee "$OUT/$id.log" | tail -1 > "$OUT/$id.part" || true  # a failed check is a row
+        common.user_dir="$PLUGIN" task.data="$DATA" "$@" | tee "$OUT/$id.log" | tail -1 > "$OUT/$id.part" || true  # a failed check is a row
     $PY -c 'import json, sys; print(json.dumps({"method": sys.argv[1], **json.load(open(sys.argv[2]))}))' \
         "$name" "$OUT/$id.part" > "$OUT/$id.json"
     rm "$OUT/$id.part"

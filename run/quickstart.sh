@@ -13,12 +13,7 @@ OUT=outputs/quickstart
 STAGES_NAME=quickstart
 source run/stages.sh "$@"
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-PLUGIN=$PWD/maskssl_fairseq
-DATA=$PWD/$OUT/demo/manifests
+set_up
 
 stage "demo corpus (espeak-ng speech, LibriSpeech layout) -> $OUT/demo"
 demo_corpus "$OUT/demo" --pretrain-minutes 60 --train-1h-minutes 60

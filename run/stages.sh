@@ -10,6 +10,18 @@ STAGES_START=$(date +%s)
 
 stage() { echo; echo "=== [$STAGES_NAME $(( $(date +%s) - STAGES_START ))s] $*"; }
 
+# set_up [THREADS]: the first stage of every script (run/setup.sh, a no-op once done) and the names they share:
+# PY, PLUGIN (the plugin folder, for common.user_dir) and DATA (the demo corpus's manifests in $OUT/demo). Torch
+# runs THREADS threads (2, both cores) unless OMP_NUM_THREADS is set.
+set_up() {
+    stage "set-up"
+    bash run/setup.sh
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${1:-2}} PYTHONUNBUFFERED=1
+    PY=.venv/bin/python
+    PLUGIN=$PWD/maskssl_fairseq
+    DATA=$PWD/$OUT/demo/manifests
+}
+
 # train_stage DIR FAIRSEQ_HYDRA_TRAIN_ARGS...: trains into DIR/checkpoints, logs in DIR. An interrupted run
 # resumes from its checkpoint_last.pt. A finished one leaves DIR/finished and is skipped from then on:
 # fairseq checks max_update only after a step, so starting it again would add one more update each time.

@@ -13,12 +13,7 @@ OUT=outputs/eat_demo
 STAGES_NAME="eat demo"
 source run/stages.sh "$@"
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-PLUGIN=$PWD/maskssl_fairseq
-DATA=$PWD/$OUT/demo/manifests
+set_up
 
 stage "demo corpus: 150 min unlabeled (pretrain), 60 / 15 / 15 min labeled -> $OUT/demo"
 demo_corpus "$OUT/demo" --pretrain-minutes 150 --train-1h-minutes 60 --dev-minutes 15 --test-minutes 15

@@ -46,12 +46,7 @@ arms_done() {
     ARM_PIDS=()
 }
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-PLUGIN=$PWD/maskssl_fairseq
-DATA=$PWD/$OUT/demo/manifests
+set_up
 
 stage "demo corpus: ${PRETRAIN_MINUTES:-200} min unlabeled, 10 min labeled, unseen speakers in dev/test -> $OUT/demo"
 demo_corpus "$OUT/demo" --pretrain-minutes "${PRETRAIN_MINUTES:-200}" --train-10m-minutes 10 \

@@ -12,11 +12,7 @@ OUT=outputs/m2d_linear_eval
 STAGES_NAME="m2d linear eval"
 source run/stages.sh "$@"
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-DATA=$PWD/$OUT/demo/manifests
+set_up
 
 stage "demo corpus: 150 min unlabeled (pretrain), 60 / 15 / 15 min labeled -> $OUT/demo"
 demo_corpus "$OUT/demo" --pretrain-minutes 150 --train-1h-minutes 60 --dev-minutes 15 --test-minutes 15
@@ -26,7 +22,7 @@ demo_tasks "$OUT" "$DATA"
 
 stage "M2D pretraining on the unlabeled split -> $OUT/pretrain"
 train_stage "$OUT/pretrain" --config-dir examples/m2d --config-name demo_m2d \
-    common.user_dir="$PWD/maskssl_fairseq" task.data="$DATA"
+    common.user_dir="$PLUGIN" task.data="$DATA"
 
 stage "linear evaluation: frozen clip embeddings, one linear layer, 3 runs"
 # recomputed from the checkpoint each time, so replacing earlier results loses nothing

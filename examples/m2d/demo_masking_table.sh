@@ -38,11 +38,7 @@ ABLATION=${ABLATION:-0}
 mkdir -p "$OUT/linear"
 trap 'echo "$(date -u +%FT%TZ) $(( $(date +%s) - STAGES_START )) s" >> "$OUT/elapsed"' EXIT
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-DATA=$PWD/$OUT/demo/manifests
+set_up
 
 read -r TRAIN_MINUTES DEV_MINUTES TEST_MINUTES <<< "$LABELED_MINUTES"
 stage "demo corpus: $PRETRAIN_MINUTES min unlabeled, $TRAIN_MINUTES / $DEV_MINUTES / $TEST_MINUTES min labeled -> $OUT/demo"
@@ -69,7 +65,7 @@ cell() {
     local framework=$1 mask=$2 seed=$3 run="$OUT/pretrain/${1}_${2}_$3"
     shift 3
     train_stage "$run" --config-dir "$(dirname "${CONFIGS[$framework]}")" --config-name "$(basename "${CONFIGS[$framework]}")" \
-        common.user_dir="$PWD/maskssl_fairseq" task.data="$PWD/$OUT/mix" common.seed="$seed" \
+        common.user_dir="$PLUGIN" task.data="$PWD/$OUT/mix" common.seed="$seed" \
         ++model.masking="${mask%%-*}" optimization.max_update="$UPDATES" "$@"
     for task in $TASKS; do
         local result="$OUT/linear/${framework}_${mask}_$seed.$task.json"

@@ -32,11 +32,7 @@ SEEDS=${SEEDS:-1 2 3}
 WEIGHTS=${WEIGHTS:-1 0.01}
 PARALLEL=${PARALLEL:-0}
 
-stage "set-up"
-bash run/setup.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
-PY=.venv/bin/python
-DEMO=$PWD/$OUT/demo/manifests
+set_up
 CLAP=$PWD/$OUT/captioned
 
 stage "demo corpus ($PRETRAIN_MINUTES min unlabeled, $TEST_MINUTES min test) and keyword task -> $OUT"
@@ -50,12 +46,12 @@ demo_corpus "$OUT/demo" --pretrain-minutes "$PRETRAIN_MINUTES" --train-10m-minut
 
 stage "captions and bag-of-words embeddings -> $CLAP"
 if [ ! -f "$CLAP/test.capemb.npy" ]; then
-    $PY examples/m2d_clap/demo_captions.py --manifests "$DEMO" --splits pretrain,test --force
+    $PY examples/m2d_clap/demo_captions.py --manifests "$DATA" --splits pretrain,test --force
     $PY examples/m2d_clap/demo_captions.py --manifests "$OUT/keywords" --splits train --force
     $PY examples/m2d_clap/demo_captions.py --manifests "$OUT/phrases" --splits train,test --force
-    $PY examples/m2d_clap/demo_captions.py --combine "$CLAP/pretrain.tsv" "$DEMO/pretrain.tsv" "$OUT/keywords/train.tsv" \
+    $PY examples/m2d_clap/demo_captions.py --combine "$CLAP/pretrain.tsv" "$DATA/pretrain.tsv" "$OUT/keywords/train.tsv" \
         "$OUT/phrases/train.tsv" --force
-    $PY examples/m2d_clap/demo_captions.py --combine "$CLAP/test.tsv" "$DEMO/test.tsv" --force
+    $PY examples/m2d_clap/demo_captions.py --combine "$CLAP/test.tsv" "$DATA/test.tsv" --force
     for split in pretrain test; do
         $PY manifests/caption_embeddings.py --data "$CLAP" --split $split --encoder bow --bow-dim 128 \
             --bow-idf "$CLAP/pretrain.cap" --force
@@ -66,7 +62,7 @@ fi
 arm() {
     local run="$OUT/pretrain_${2}_$1" scores=("--encoder" bow --bow-dim 128 --bow-idf "$CLAP/pretrain.cap")
     train_stage "$run" --config-dir examples/m2d_clap --config-name demo \
-        common.user_dir="$PWD/maskssl_fairseq" task.data="$CLAP" common.seed="$1" \
+        common.user_dir="$PLUGIN" task.data="$CLAP" common.seed="$1" \
         model.clap_weight="$2" optimization.max_update="$UPDATES"
     if [ ! -f "$OUT/zeroshot_${2}_$1.json" ]; then
         $PY run/zeroshot.py --checkpoint "$run/checkpoints/checkpoint_last.pt" "${scores[@]}" \
