@@ -4,21 +4,25 @@ Importing it through the package would run ``maskssl_fairseq/__init__.py``, whic
 (seconds of fairseq imports) and needs the package installed; the manifest tools need neither.
 """
 
-import importlib.util
+import importlib
 import sys
+import types
 from pathlib import Path
+
+# maskssl_fairseq/data as a package of its own, so that its modules' relative imports (captions -> manifests)
+# work without the plugin's __init__
+PACKAGE = "_maskssl_fairseq_data"
 
 
 def data_module(name: str):
     """``maskssl_fairseq/data/<name>.py`` (fairseq-free), loaded by its path."""
     if f"maskssl_fairseq.data.{name}" in sys.modules:
         return sys.modules[f"maskssl_fairseq.data.{name}"]
-    path = Path(__file__).resolve().parents[1] / "maskssl_fairseq" / "data" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_maskssl_fairseq_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
-    spec.loader.exec_module(module)
-    return module
+    if PACKAGE not in sys.modules:
+        package = types.ModuleType(PACKAGE)
+        package.__path__ = [str(Path(__file__).resolve().parents[1] / "maskssl_fairseq" / "data")]
+        sys.modules[PACKAGE] = package
+    return importlib.import_module(f"{PACKAGE}.{name}")
 
 
 manifests = data_module("manifests")

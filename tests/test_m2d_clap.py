@@ -377,7 +377,15 @@ def test_bad_caption_files_are_named_with_their_line(captioned, tmp_path):
     error(r"dev.cap:3: empty caption")
     (data / "dev.cap").write_text("\n".join(lines[:4] + ["a ||| b ||| c"] + lines[5:]) + "\n")
     error(r"dev.cap:5: 3 captions, .*dev.capemb.npy holds at most 2 per clip")
+    (data / "dev.cap").write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    error(r"dev.cap:1: starts with a UTF-8 byte-order mark \(BOM\).*sed -i")
     (data / "dev.cap").write_text("\n".join(lines) + "\n")
+    embeddings = np.load(data / "dev.capemb.npy")
+    embeddings[3, :] = np.inf  # what float16 makes of an encoder's output beyond 65504
+    np.save(data / "dev.capemb.npy", embeddings)
+    with pytest.raises(ValueError, match=r"dev.capemb.npy: the embedding of caption [12] of clip 3 \(.*dev.cap:4\) "
+                                         r"holds NaN or inf"):
+        captioned_dataset(data)[3]
     np.save(data / "dev.capemb.npy", np.zeros((clips + 1, 2, 64), dtype=np.float16))
     error(rf"dev.capemb.npy: shape \({clips + 1}, 2, 64\), expected \[{clips} clips, captions_max, dim\]")
     (data / "dev.capemb.npy").write_bytes(b"not numpy")

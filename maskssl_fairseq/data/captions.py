@@ -24,6 +24,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from .manifests import refuse_bom
+
 CAPTION_SEPARATOR = " ||| "
 CAPTION_SUFFIX = ".cap"
 EMBEDDING_SUFFIX = ".capemb.npy"
@@ -36,6 +38,7 @@ def read_captions(path: Path, clips: int) -> List[List[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no caption file (one line per clip, captions separated by "
                                 f"{CAPTION_SEPARATOR!r})")
+    refuse_bom(path)  # else the first clip's first word would be another word
     lines = path.read_text(encoding="utf-8").splitlines()
     if len(lines) != clips:
         raise ValueError(f"{path}:{min(len(lines), clips) + 1}: {len(lines)} caption lines for the {clips} clips "
@@ -53,6 +56,7 @@ class CaptionEmbeddings:
     """The embeddings of one split's captions (memory-mapped), checked against its ``.cap`` file."""
 
     def __init__(self, caption_file: Path, embedding_file: Path, clips: int):
+        self.caption_file, self.embedding_file = caption_file, embedding_file
         self.counts = np.array([len(c) for c in read_captions(caption_file, clips)])
         if not embedding_file.is_file():
             raise FileNotFoundError(f"{embedding_file}: no caption embeddings (write them with "
@@ -74,8 +78,16 @@ class CaptionEmbeddings:
         return self.embeddings.shape[2]
 
     def draw(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        """One of clip ``index``'s caption embeddings ``[dim]`` (float32), uniformly from ``rng``."""
-        return np.asarray(self.embeddings[index, int(rng.integers(self.counts[index]))], dtype=np.float32)
+        """One of clip ``index``'s caption embeddings ``[dim]`` (float32), uniformly from ``rng``; one holding NaN
+        or inf (a float16 overflow of an unnormalised encoder) is an error naming the file, the clip and the caption.
+        Checked as drawn: scanning a whole AudioSet-sized file at start-up would read gigabytes."""
+        caption = int(rng.integers(self.counts[index]))
+        embedding = np.asarray(self.embeddings[index, caption], dtype=np.float32)
+        if not np.isfinite(embedding).all():
+            raise ValueError(f"{self.embedding_file}: the embedding of caption {caption + 1} of clip {index} "
+                             f"({self.caption_file}:{index + 1}) holds NaN or inf; write the embeddings again "
+                             "(manifests/caption_embeddings.py)")
+        return embedding
 
 
 def inverse_document_frequencies(caption_file: Path) -> Dict[str, float]:
