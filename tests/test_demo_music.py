@@ -103,4 +103,5 @@ def test_report_gives_mean_std_and_points_against_random(tmp_path):
     assert "| MSM-MAE | random | 80.0 ± 1.0 | 60.0 ± 1.0 | 70.0 |" in table
     assert "| | vs. random | -10.0 | +4.0 | -3.0 |" in table  # IBM
     assert "| | vs. random | -1.0 | +2.0 | +0.5 |" in table  # DWM
+    assert "| | paper's vs. random | -8.3 | -0.4 | |" in table  # MSM-MAE's IBM in Table I: VC1, NSynth
     assert (tmp_path / "table.png").stat().st_size > 0

@@ -5,7 +5,8 @@
 Reads ``linear/<framework>_<masking>_<seed>.<task>.json`` (run/linear_eval.py's JSON line) for every cell that
 is there, writes ``table.md`` and ``table.png`` beside them and prints the markdown. A cell is the mean ± std of
 every linear-evaluation run of every pretraining of that framework and mask (2 pretrainings x 3 runs, as the
-paper's 2 models x 3 runs); "vs. random" is the difference of the means in points.
+paper's 2 models x 3 runs); "vs. random" is the difference of the means in points, shown beside the paper's
+(Table I) for the task each of ours stands for.
 """
 
 import json
@@ -22,6 +23,16 @@ TASKS = {  # task folder -> column name (the paper's task it stands for)
 }
 FRAMEWORKS = {"msm_mae": "MSM-MAE", "m2d": "M2D", "m2d_clap": "M2D-CLAP", "eat": "EAT"}
 MASKINGS = ("random", "ibm", "dwm")  # then the hint-ratio ablations (dwm-hint0, dwm-gamma4, ...) in name order
+
+# the DWM paper's Table I, "vs. random" in points, for the tasks ours stand for: (framework, masking) -> task -> points
+PAPER = {
+    ("msm_mae", "ibm"): {"keywords": -0.7, "speakers": -8.3, "instrument": -0.4, "pitch": -0.4},
+    ("msm_mae", "dwm"): {"keywords": -0.2, "speakers": -0.9, "instrument": +0.9, "pitch": +0.1},
+    ("m2d", "ibm"): {"keywords": -0.2, "speakers": -4.3, "instrument": -0.2, "pitch": +0.4},
+    ("m2d", "dwm"): {"keywords": +0.1, "speakers": -0.6, "instrument": -0.3, "pitch": -0.1},
+    ("m2d_clap", "ibm"): {"keywords": -0.4, "speakers": -2.9, "instrument": 0.0, "pitch": +0.3},
+    ("m2d_clap", "dwm"): {"keywords": -0.1, "speakers": -0.7, "instrument": -1.3, "pitch": +0.8},
+}
 
 Accuracies = Dict[Tuple[str, str, str], List[float]]  # (framework, masking, task) -> test accuracies in %
 
@@ -66,11 +77,16 @@ def markdown(accuracies: Accuracies) -> str:
                 shown = [d for d in deltas if d is not None]
                 lines.append(f"| | vs. random | " + " | ".join("" if d is None else f"{d:+.1f}" for d in deltas) +
                              f" | {f'{statistics.mean(shown):+.1f}' if len(shown) == len(tasks) else ''} |")
+                paper = PAPER.get((framework, masking))
+                if paper:
+                    lines.append("| | paper's vs. random | " + " | ".join(f"{paper[t]:+.1f}" for t in tasks) + " | |")
     return "\n".join(lines)
 
 
 def draw(path: Path, accuracies: Accuracies) -> None:
-    """One panel per framework: each task's change against random masking, in points, for IBM and DWM."""
+    """One panel per framework: each task's change against random masking, in points, for IBM and DWM; the
+    whiskers are the run-to-run spread (the two arms' standard deviations pooled), the size a change needs before
+    it means more than another seed would."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,17 +98,25 @@ def draw(path: Path, accuracies: Accuracies) -> None:
     for ax, framework in zip(axes[0], frameworks):
         for k, (masking, colour) in enumerate((("ibm", "#d97"), ("dwm", "#59a"))):
             xs = [i + (k - 0.5) * 0.38 for i in range(len(tasks))]
-            deltas = []
+            deltas, spreads = [], []
             for task in tasks:
                 base, other = accuracies.get((framework, "random", task)), accuracies.get((framework, masking, task))
                 deltas.append(statistics.mean(other) - statistics.mean(base) if base and other else float("nan"))
-            ax.bar(xs, deltas, width=0.38, color=colour, label=f"{masking.upper()} vs. random")
+                spreads.append(((statistics.pvariance(base) + statistics.pvariance(other)) / 2) ** 0.5
+                               if base and other else float("nan"))
+            ax.bar(xs, deltas, width=0.38, color=colour, label=f"{masking.upper()} vs. random",
+                   yerr=spreads, capsize=3, error_kw={"lw": 0.8})
+            paper = PAPER.get((framework, masking))
+            if paper:
+                ax.scatter(xs, [paper[t] for t in tasks], marker="D", s=22, facecolor="white", edgecolor="black", zorder=3,
+                           label="the paper's (Table I)" if k == 0 else None)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(tasks)), [TASKS[t].replace(" (", "\n(") for t in tasks])
         ax.set_title(FRAMEWORKS[framework])
-        ax.legend(loc="lower left", fontsize=8)
-    axes[0][0].set_ylabel("test accuracy change (points)")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("test accuracy change (points)\nwhiskers: run-to-run std")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
