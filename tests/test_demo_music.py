@@ -104,4 +104,5 @@ def test_report_gives_mean_std_and_points_against_random(tmp_path):
     assert "| | vs. random | -10.0 | +4.0 | -3.0 |" in table  # IBM
     assert "| | vs. random | -1.0 | +2.0 | +0.5 |" in table  # DWM
     assert "| | paper's vs. random | -8.3 | -0.4 | |" in table  # MSM-MAE's IBM in Table I: VC1, NSynth
+    assert "| MSM-MAE | ibm | 69.0 / 71.0 | 63.0 / 65.0 |" in table  # each pretraining's mean, seed 1 / seed 2
     assert (tmp_path / "table.png").stat().st_size > 0

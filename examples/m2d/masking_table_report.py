@@ -37,13 +37,16 @@ PAPER = {
 Accuracies = Dict[Tuple[str, str, str], List[float]]  # (framework, masking, task) -> test accuracies in %
 
 
-def read_results(out: Path) -> Accuracies:
+def read_results(out: Path, per_pretraining: bool = False) -> Accuracies:
+    """Every run's test accuracy; with ``per_pretraining`` the mean of each pretraining's runs instead, in seed
+    order."""
     accuracies: Accuracies = {}
-    for path in sorted((out / "linear").glob("*.json")):
+    for path in sorted((out / "linear").glob("*.json"), key=lambda path: int(path.stem.rsplit(".", 1)[0].rsplit("_", 1)[1])):
         run, task = path.stem.rsplit(".", 1)
         framework, masking, _seed = run.rsplit("_", 2)
         result = json.loads(path.read_text().splitlines()[0])
-        accuracies.setdefault((framework, masking, task), []).extend(100 * r["test_accuracy"] for r in result["runs"])
+        runs = [100 * r["test_accuracy"] for r in result["runs"]]
+        accuracies.setdefault((framework, masking, task), []).extend([statistics.mean(runs)] if per_pretraining else runs)
     return accuracies
 
 
@@ -80,6 +83,18 @@ def markdown(accuracies: Accuracies) -> str:
                 paper = PAPER.get((framework, masking))
                 if paper:
                     lines.append("| | paper's vs. random | " + " | ".join(f"{paper[t]:+.1f}" for t in tasks) + " | |")
+    return "\n".join(lines)
+
+
+def pretraining_markdown(means: Accuracies) -> str:
+    """Each pretraining's mean over its runs (seed 1 / seed 2 / ...): how far apart two pretrainings of one
+    setting land, against the effects of the masks."""
+    tasks = [t for t in TASKS if any(key[2] == t for key in means)]
+    lines = ["| framework | masking | " + " | ".join(TASKS[t] for t in tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for framework in [f for f in FRAMEWORKS if any(key[0] == f for key in means)]:
+        for masking in maskings(means, framework):
+            cells = [" / ".join(f"{m:.1f}" for m in means.get((framework, masking, t), [])) for t in tasks]
+            lines.append(f"| {FRAMEWORKS[framework]} | {masking} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -129,7 +144,8 @@ def main(argv=None) -> str:
     accuracies = read_results(out)
     if not accuracies:
         sys.exit(f"{out / 'linear'}: no linear-evaluation results yet")
-    table = markdown(accuracies)
+    table = (markdown(accuracies) + "\n\nEach pretraining's mean of its runs (seed 1 / seed 2):\n\n"
+             + pretraining_markdown(read_results(out, per_pretraining=True)))
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     draw(out / "table.png", accuracies)
     print(table)
