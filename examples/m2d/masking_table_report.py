@@ -144,7 +144,7 @@ def main(argv=None) -> str:
     accuracies = read_results(out)
     if not accuracies:
         sys.exit(f"{out / 'linear'}: no linear-evaluation results yet")
-    table = (markdown(accuracies) + "\n\nEach pretraining's mean of its runs (seed 1 / seed 2):\n\n"
+    table = (markdown(accuracies) + "\n\nEach pretraining's mean of its runs, one value per seed in seed order:\n\n"
              + pretraining_markdown(read_results(out, per_pretraining=True)))
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     draw(out / "table.png", accuracies)
